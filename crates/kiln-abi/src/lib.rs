@@ -1,0 +1,471 @@
+//! The contract between a kiln image and a tender.
+//!
+//! Everything an image and a tender (hvt or spt) must agree on lives here and
+//! nowhere else: the [`BootInfo`] handed to the image's entry point, the
+//! hypercall numbers and their `#[repr(C)]` argument structs, the manifest the
+//! image carries in an ELF note, the memory layout constants and the ABI
+//! version. The crate is `no_std`, has no dependencies, and is kept small on
+//! purpose: every hypercall is attack surface.
+//!
+//! # Calling convention
+//!
+//! A hypercall passes the address of its argument struct (an address inside
+//! guest memory) and hypercall number `nr`:
+//!
+//! * **hvt**: `out dx, eax` with `dx = HVT_PORT_BASE + nr` and
+//!   `eax` = the struct's guest-physical address (guest memory is identity
+//!   mapped and lies below 4 GiB). The port I/O exits to the monitor.
+//! * **spt**: a call through [`BootInfo::hypercall`], the System V function
+//!   `extern "C" fn(nr: u64, arg: u64)`.
+//!
+//! The tender validates every address and length before use. Results are
+//! written back into the argument struct (`ret` fields use negative
+//! [`errno`] values). A hypercall with an unknown number, or with arguments
+//! that point outside guest memory, ends the instance with an error that
+//! names the hypercall.
+#![no_std]
+#![forbid(unsafe_code)]
+
+/// Version of this ABI. A tender refuses an image whose manifest names
+/// another version.
+pub const ABI_VERSION: u32 = 1;
+
+/// Size of a page, the granularity of all protections.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Address at which images are linked. Memory below it belongs to the tender.
+pub const IMAGE_BASE: u64 = 0x10_0000;
+
+/// Highest end address (exclusive) of any image segment.
+pub const IMAGE_LIMIT: u64 = 0x4000_0000;
+
+/// hvt: the I/O port of hypercall `nr` is `HVT_PORT_BASE + nr`.
+pub const HVT_PORT_BASE: u16 = 0x500;
+
+/// Default size of the guest stack (the manifest may ask for more).
+pub const DEFAULT_STACK_SIZE: u64 = 256 * 1024;
+
+/// Largest guest stack a manifest may ask for.
+pub const MAX_STACK_SIZE: u64 = 64 * 1024 * 1024;
+
+/// Maximum number of devices an image may declare.
+pub const MAX_DEVICES: usize = 8;
+
+/// Maximum length of a device name, in bytes (names are NUL padded).
+pub const DEVICE_NAME_LEN: usize = 16;
+
+/// Hypercall numbers.
+pub mod nr {
+    /// Write bytes to the console. Argument: [`super::ConsoleWrite`].
+    pub const CONSOLE_WRITE: u32 = 1;
+    /// Read the monotonic and the wall clock. Argument: [`super::Clock`].
+    pub const CLOCK: u32 = 2;
+    /// Wait until a device has input or a deadline passes. Argument: [`super::Poll`].
+    pub const POLL: u32 = 3;
+    /// Send one frame on a network device. Argument: [`super::NetWrite`].
+    pub const NET_WRITE: u32 = 4;
+    /// Receive one frame from a network device. Argument: [`super::NetRead`].
+    pub const NET_READ: u32 = 5;
+    /// Write to a block device. Argument: [`super::BlockIo`].
+    pub const BLOCK_WRITE: u32 = 6;
+    /// Read from a block device. Argument: [`super::BlockIo`].
+    pub const BLOCK_READ: u32 = 7;
+    /// End the instance with an exit code. Argument: [`super::Halt`].
+    pub const HALT: u32 = 8;
+    /// End the instance abnormally with a message. Argument: [`super::Abort`].
+    pub const ABORT: u32 = 9;
+    /// One past the highest hypercall number.
+    pub const COUNT: u32 = 10;
+
+    /// Human-readable name of a hypercall, for error messages.
+    pub const fn name(nr: u32) -> &'static str {
+        match nr {
+            CONSOLE_WRITE => "CONSOLE_WRITE",
+            CLOCK => "CLOCK",
+            POLL => "POLL",
+            NET_WRITE => "NET_WRITE",
+            NET_READ => "NET_READ",
+            BLOCK_WRITE => "BLOCK_WRITE",
+            BLOCK_READ => "BLOCK_READ",
+            HALT => "HALT",
+            ABORT => "ABORT",
+            _ => "UNKNOWN",
+        }
+    }
+}
+
+/// Negative values stored in `ret` fields when a hypercall fails in a way the
+/// guest may recover from.
+pub mod errno {
+    /// I/O error on the host side.
+    pub const EIO: i64 = -5;
+    /// Nothing to read now; try again after POLL.
+    pub const EAGAIN: i64 = -11;
+    /// No such device, or the device is of another kind.
+    pub const ENODEV: i64 = -19;
+    /// An argument is invalid (for example a length too large for the device).
+    pub const EINVAL: i64 = -22;
+}
+
+/// Argument of [`nr::CONSOLE_WRITE`]: write `len` bytes at `buf` to the
+/// console (the tender's standard output). The whole buffer is written.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConsoleWrite {
+    /// Guest address of the bytes.
+    pub buf: u64,
+    /// Number of bytes; at most [`CONSOLE_WRITE_MAX`].
+    pub len: u64,
+}
+
+/// Largest buffer one CONSOLE_WRITE may pass.
+pub const CONSOLE_WRITE_MAX: u64 = 64 * 1024;
+
+/// Argument of [`nr::CLOCK`]: the tender fills both fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Clock {
+    /// Nanoseconds on a monotonic clock (the host's `CLOCK_MONOTONIC`).
+    pub monotonic_ns: u64,
+    /// Nanoseconds since the Unix epoch (the host's `CLOCK_REALTIME`).
+    pub wall_ns: u64,
+}
+
+/// Argument of [`nr::POLL`]: block until one of the image's input devices
+/// has data or the monotonic clock reaches `deadline_ns`, whichever comes
+/// first. A deadline in the past returns at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Poll {
+    /// Absolute monotonic deadline in nanoseconds; `u64::MAX` waits for input only.
+    pub deadline_ns: u64,
+    /// Out: bit `i` is set when device `i` of [`BootInfo::devices`] has input.
+    pub ready: u64,
+}
+
+/// Argument of [`nr::NET_WRITE`]: send one Ethernet frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetWrite {
+    /// Index of the device in [`BootInfo::devices`].
+    pub device: u64,
+    /// Guest address of the frame.
+    pub buf: u64,
+    /// Frame length; at most the device's `mtu` + 14.
+    pub len: u64,
+    /// Out: bytes sent, or a negative [`errno`].
+    pub ret: i64,
+}
+
+/// Argument of [`nr::NET_READ`]: receive one Ethernet frame if one is waiting.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRead {
+    /// Index of the device in [`BootInfo::devices`].
+    pub device: u64,
+    /// Guest address of the receive buffer.
+    pub buf: u64,
+    /// Capacity of the buffer.
+    pub len: u64,
+    /// Out: frame length, [`errno::EAGAIN`] if none is waiting, or another negative [`errno`].
+    pub ret: i64,
+}
+
+/// Argument of [`nr::BLOCK_READ`] and [`nr::BLOCK_WRITE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockIo {
+    /// Index of the device in [`BootInfo::devices`].
+    pub device: u64,
+    /// Byte offset on the device; a multiple of the device's `block_size`.
+    pub offset: u64,
+    /// Guest address of the data.
+    pub buf: u64,
+    /// Length; a multiple of `block_size`, at most [`BLOCK_IO_MAX`].
+    pub len: u64,
+    /// Out: bytes transferred, or a negative [`errno`].
+    pub ret: i64,
+}
+
+/// Largest transfer one block hypercall may ask for.
+pub const BLOCK_IO_MAX: u64 = 1024 * 1024;
+
+/// Argument of [`nr::HALT`]: the instance ends and `kiln run` exits with
+/// `exit_code & 0xff`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Halt {
+    /// The application's exit code.
+    pub exit_code: u64,
+}
+
+/// Argument of [`nr::ABORT`]: the instance ends abnormally; the tender
+/// prints the message and exits with [`EXIT_ABORTED`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Abort {
+    /// Guest address of a UTF-8 message.
+    pub msg: u64,
+    /// Its length; longer messages are cut to [`ABORT_MSG_MAX`].
+    pub len: u64,
+}
+
+/// Longest abort message a tender prints.
+pub const ABORT_MSG_MAX: u64 = 4096;
+
+/// Exit status of `kiln run` when the image aborted (for example a panic).
+pub const EXIT_ABORTED: u8 = 134;
+/// Exit status when the instance was stopped for a CPU fault, a forbidden
+/// system call or a hypercall that broke the ABI.
+pub const EXIT_CRASHED: u8 = 139;
+/// Exit status when the tender could not start the image (bad image, no
+/// KVM, bad arguments).
+pub const EXIT_TENDER_ERROR: u8 = 125;
+
+/// Which tender runs the image.
+pub mod tender {
+    /// The KVM monitor: hypercalls are port I/O.
+    pub const HVT: u32 = 1;
+    /// The process tender: hypercalls are calls through [`super::BootInfo::hypercall`].
+    pub const SPT: u32 = 2;
+}
+
+/// Kinds of device an image may declare.
+pub mod device {
+    /// An Ethernet device.
+    pub const NET: u32 = 1;
+    /// A block device.
+    pub const BLOCK: u32 = 2;
+}
+
+/// A string in guest memory: `len` bytes of UTF-8 at `ptr`, not NUL terminated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StrRef {
+    /// Guest address of the first byte.
+    pub ptr: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+/// A device attached by the tender, as the image sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// [`device::NET`] or [`device::BLOCK`].
+    pub kind: u32,
+    /// Network: the MTU. Block: the block size in bytes.
+    pub unit: u32,
+    /// The name the image declared in its manifest, NUL padded.
+    pub name: [u8; DEVICE_NAME_LEN],
+    /// Network: the MAC address. Block: zero.
+    pub mac: [u8; 6],
+    /// Reserved, zero.
+    pub _reserved: [u8; 2],
+    /// Block: the capacity in bytes. Network: zero.
+    pub capacity: u64,
+}
+
+/// Magic value of [`BootInfo::magic`]: `"KILNBOOT"` read as a little-endian u64.
+pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"KILNBOOT");
+
+/// What the tender hands to the image's entry point.
+///
+/// The entry point is `extern "C" fn(*const BootInfo) -> !`, called with
+/// `rsp ≡ 8 (mod 16)` as after a `call`. Every address in it is a guest
+/// address that the image may use directly. The tender keeps the pages that
+/// hold it mapped, readable and non-executable for the image's lifetime.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BootInfo {
+    /// [`BOOT_MAGIC`].
+    pub magic: u64,
+    /// [`ABI_VERSION`] as spoken by the tender.
+    pub abi_version: u32,
+    /// [`tender::HVT`] or [`tender::SPT`].
+    pub tender: u32,
+    /// spt: address of `extern "C" fn(nr: u64, arg: u64)`. hvt: zero (use port I/O).
+    pub hypercall: u64,
+    /// Start of the free memory the image may use as its heap (page aligned).
+    pub heap_start: u64,
+    /// Size of that memory in bytes.
+    pub heap_size: u64,
+    /// Lowest address of the stack (a guard page lies just below it).
+    pub stack_bottom: u64,
+    /// Number of command-line arguments in `argv`.
+    pub argc: u64,
+    /// Guest address of `argc` [`StrRef`]s; `argv[0]` is the image name.
+    pub argv: u64,
+    /// Number of environment entries in `envp`.
+    pub envc: u64,
+    /// Guest address of `envc` [`StrRef`]s, each `KEY=VALUE`.
+    pub envp: u64,
+    /// Frequency of the time-stamp counter in Hz, when the image may read the
+    /// monotonic clock with `rdtsc` (calibrated against one CLOCK hypercall);
+    /// zero when it must use the CLOCK hypercall.
+    pub tsc_hz: u64,
+    /// Number of valid entries in `devices`.
+    pub device_count: u64,
+    /// Devices attached by the tender, in manifest order.
+    pub devices: [DeviceInfo; MAX_DEVICES],
+}
+
+/// Magic value of [`Manifest::magic`]: `"KLNM"` read as a little-endian u32.
+pub const MANIFEST_MAGIC: u32 = u32::from_le_bytes(*b"KLNM");
+
+/// ELF note name under which the manifest is stored (with a trailing NUL).
+pub const NOTE_NAME: [u8; 8] = *b"kiln\0\0\0\0";
+/// ELF note type of the manifest.
+pub const NOTE_TYPE_MANIFEST: u32 = 0x4b4c_0001;
+
+/// A device an image asks for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ManifestDevice {
+    /// [`device::NET`] or [`device::BLOCK`].
+    pub kind: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+    /// Name, NUL padded; unique within the manifest; `[a-z0-9_-]`.
+    pub name: [u8; DEVICE_NAME_LEN],
+}
+
+/// What an image declares about itself: the ABI it speaks and the devices it
+/// needs. A tender attaches only these devices.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// [`MANIFEST_MAGIC`].
+    pub magic: u32,
+    /// The ABI version the image was built for.
+    pub abi_version: u32,
+    /// Stack size in bytes (a multiple of [`PAGE_SIZE`]; 0 means [`DEFAULT_STACK_SIZE`]).
+    /// Every field is 32 bits wide so that the manifest keeps the 4-byte
+    /// alignment of an ELF note's descriptor.
+    pub stack_size: u32,
+    /// Number of valid entries in `devices`.
+    pub device_count: u32,
+    /// The devices.
+    pub devices: [ManifestDevice; MAX_DEVICES],
+}
+
+impl Manifest {
+    /// A manifest for this ABI version with no devices and the default stack.
+    pub const fn new() -> Self {
+        Manifest {
+            magic: MANIFEST_MAGIC,
+            abi_version: ABI_VERSION,
+            stack_size: 0,
+            device_count: 0,
+            devices: [ManifestDevice {
+                kind: 0,
+                _reserved: 0,
+                name: [0; DEVICE_NAME_LEN],
+            }; MAX_DEVICES],
+        }
+    }
+
+    /// Adds a device. Fails to compile (in const context) when the name is
+    /// too long or the table is full.
+    pub const fn with_device(mut self, kind: u32, name: &str) -> Self {
+        let bytes = name.as_bytes();
+        assert!(
+            !bytes.is_empty() && bytes.len() <= DEVICE_NAME_LEN,
+            "device name must be 1..=16 bytes"
+        );
+        assert!(
+            (self.device_count as usize) < MAX_DEVICES,
+            "too many devices"
+        );
+        let mut dev = ManifestDevice {
+            kind,
+            _reserved: 0,
+            name: [0; DEVICE_NAME_LEN],
+        };
+        let mut i = 0;
+        while i < bytes.len() {
+            dev.name[i] = bytes[i];
+            i += 1;
+        }
+        self.devices[self.device_count as usize] = dev;
+        self.device_count += 1;
+        self
+    }
+
+    /// Sets the stack size.
+    pub const fn with_stack_size(mut self, bytes: u32) -> Self {
+        self.stack_size = bytes;
+        self
+    }
+}
+
+impl Default for Manifest {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The manifest wrapped in an ELF note, ready to be placed in a
+/// `.note.kiln` section (kiln-rt's `entry!` macro does this).
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug)]
+pub struct ManifestNote {
+    /// Length of `name` that is meaningful (`"kiln\0"`), as ELF requires.
+    pub namesz: u32,
+    /// Size of `desc`.
+    pub descsz: u32,
+    /// [`NOTE_TYPE_MANIFEST`].
+    pub ntype: u32,
+    /// [`NOTE_NAME`], padded to 4-byte alignment.
+    pub name: [u8; 8],
+    /// The manifest.
+    pub desc: Manifest,
+}
+
+impl ManifestNote {
+    /// Wraps a manifest.
+    pub const fn new(desc: Manifest) -> Self {
+        ManifestNote {
+            namesz: 5,
+            descsz: core::mem::size_of::<Manifest>() as u32,
+            ntype: NOTE_TYPE_MANIFEST,
+            name: NOTE_NAME,
+            desc,
+        }
+    }
+}
+
+/// Size of the manifest's serialized form (the note's `desc`).
+pub const MANIFEST_SIZE: usize = core::mem::size_of::<Manifest>();
+
+// The layouts are part of the ABI: pin them.
+const _: () = assert!(core::mem::size_of::<ManifestDevice>() == 24);
+const _: () = assert!(MANIFEST_SIZE == 16 + 24 * MAX_DEVICES);
+const _: () = assert!(core::mem::align_of::<Manifest>() == 4);
+const _: () = assert!(core::mem::size_of::<DeviceInfo>() == 40);
+const _: () = assert!(core::mem::size_of::<BootInfo>() == 96 + 40 * MAX_DEVICES);
+const _: () = assert!(core::mem::size_of::<ManifestNote>() == 20 + MANIFEST_SIZE);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_builder_fills_devices_in_order() {
+        const M: Manifest = Manifest::new()
+            .with_device(device::NET, "service0")
+            .with_device(device::BLOCK, "data");
+        assert_eq!(M.device_count, 2);
+        assert_eq!(&M.devices[0].name[..8], b"service0");
+        assert_eq!(M.devices[1].kind, device::BLOCK);
+        assert_eq!(M.devices[2].kind, 0);
+    }
+
+    #[test]
+    fn hypercall_names_cover_every_number() {
+        for n in 1..nr::COUNT {
+            assert_ne!(nr::name(n), "UNKNOWN", "hypercall {n} has no name");
+        }
+        assert_eq!(nr::name(nr::COUNT), "UNKNOWN");
+    }
+}
