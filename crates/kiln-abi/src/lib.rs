@@ -211,7 +211,7 @@ pub struct Abort {
 }
 
 /// Longest abort message a tender prints.
-pub const ABORT_MSG_MAX: u64 = 4096;
+pub const ABORT_MSG_MAX: u64 = 1024;
 
 /// Exit status of `kiln run` when the image aborted (for example a panic).
 pub const EXIT_ABORTED: u8 = 134;

@@ -13,6 +13,7 @@
 
 mod elf;
 mod manifest;
+pub mod synthetic;
 
 use std::path::Path;
 

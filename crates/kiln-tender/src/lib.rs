@@ -1,0 +1,37 @@
+//! The host side of the kiln ABI, shared by both tenders.
+//!
+//! A tender (hvt or spt) owns the mechanics of running guest code: loading
+//! the image, memory protection, entering the guest and catching its faults.
+//! Everything that the ABI defines independently of those mechanics lives
+//! here, written once: decoding and checking hypercall arguments
+//! ([`dispatch`]), the devices of one instance ([`Host`]), the [`BootInfo`]
+//! block ([`BootBlock`]) and how an instance ends ([`Outcome`], [`finish`]).
+//!
+//! Guest memory is reached only through the [`GuestMemory`] trait, whose
+//! implementations refuse any range that is not wholly guest memory. The
+//! hypercall path does not allocate: it runs after the tender's seccomp
+//! filter is in place, where `malloc` could not grow its heap.
+//!
+//! [`BootInfo`]: kiln_abi::BootInfo
+
+// Outcomes carry their message inline because the hypercall path and the
+// signal handlers must not allocate; the size is the point, not an accident.
+#![allow(clippy::large_enum_variant, clippy::result_large_err)]
+
+mod boot;
+mod config;
+mod dispatch;
+mod host;
+mod memory;
+mod outcome;
+pub mod sys;
+
+pub use boot::{BootBlock, BOOT_BLOCK_MAX};
+pub use config::RunConfig;
+pub use dispatch::{dispatch, Control};
+pub use host::{Host, TenderError};
+pub use memory::{GuestMemory, MemError, VecMemory};
+pub use outcome::{finish, Fault, Message, Outcome, Violation};
+
+#[cfg(test)]
+mod tests;

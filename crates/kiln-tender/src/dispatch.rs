@@ -1,0 +1,244 @@
+//! Hypercall decoding and execution, identical on every tender.
+//!
+//! Arguments are read from guest memory as whole little-endian words into a
+//! local array ("parse, then use"); every guest range is checked as a whole
+//! before anything is read or written, so a rejected hypercall has no effect
+//! at all. Nothing here allocates.
+
+use crate::host::{Device, BLOCK_SIZE};
+use crate::outcome::{Message, Outcome, Violation};
+use crate::{sys, GuestMemory, Host};
+use kiln_abi::{errno, nr, ABORT_MSG_MAX, BLOCK_IO_MAX, CONSOLE_WRITE_MAX};
+use std::os::unix::fs::FileExt;
+
+/// What the tender does after a hypercall.
+#[derive(Debug)]
+pub enum Control {
+    /// Resume the guest.
+    Continue,
+    /// End the instance.
+    Exit(Outcome),
+}
+
+/// Size of the bounce buffer used to move data between guest memory and
+/// host files; small enough for the guest stack that spt runs this on.
+const CHUNK: usize = 4096;
+
+struct Call<'a, M: GuestMemory> {
+    mem: &'a mut M,
+    name: &'static str,
+}
+
+type Result<T> = std::result::Result<T, Outcome>;
+
+impl<M: GuestMemory> Call<'_, M> {
+    fn violation(&self, reason: Violation) -> Outcome {
+        Outcome::Violation {
+            hypercall: self.name,
+            reason,
+        }
+    }
+
+    fn check(&self, what: &'static str, addr: u64, len: u64, write: bool) -> Result<()> {
+        self.mem.check(addr, len, write).map_err(|_| {
+            self.violation(Violation::BadRange {
+                what,
+                addr,
+                len,
+                write,
+            })
+        })
+    }
+
+    /// Reads the argument struct: `N` little-endian u64 words at `addr`.
+    fn args<const N: usize>(&self, addr: u64) -> Result<[u64; N]> {
+        let len = (N * 8) as u64;
+        // The struct is written back by most hypercalls: it must be writable.
+        self.check("argument struct", addr, len, true)?;
+        let mut raw = [0u8; 64];
+        self.mem.read(addr, &mut raw[..N * 8]).map_err(|_| {
+            self.violation(Violation::BadRange {
+                what: "argument struct",
+                addr,
+                len,
+                write: false,
+            })
+        })?;
+        let mut words = [0u64; N];
+        for (i, w) in words.iter_mut().enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&raw[i * 8..i * 8 + 8]);
+            *w = u64::from_le_bytes(b);
+        }
+        Ok(words)
+    }
+
+    /// Writes word `index` of the argument struct at `addr`.
+    fn set(&mut self, addr: u64, index: u64, value: u64) -> Result<()> {
+        let at = addr + index * 8;
+        self.mem.write(at, &value.to_le_bytes()).map_err(|_| {
+            self.violation(Violation::BadRange {
+                what: "argument struct",
+                addr: at,
+                len: 8,
+                write: true,
+            })
+        })
+    }
+
+    fn limit(&self, what: &'static str, len: u64, max: u64) -> Result<()> {
+        if len > max {
+            return Err(self.violation(Violation::TooLong { what, len, max }));
+        }
+        Ok(())
+    }
+}
+
+/// Performs hypercall `number` whose argument struct is at guest address
+/// `arg`. Unknown numbers and arguments that are not guest memory end the
+/// instance with [`Outcome::Violation`]; recoverable errors (a device that
+/// does not exist, a failed host read) are returned to the guest in `ret`.
+pub fn dispatch(host: &mut Host, mem: &mut impl GuestMemory, number: u32, arg: u64) -> Control {
+    let mut call = Call {
+        mem,
+        name: nr::name(number),
+    };
+    match run(host, &mut call, number, arg) {
+        Ok(()) => Control::Continue,
+        Err(outcome) => Control::Exit(outcome),
+    }
+}
+
+fn run<M: GuestMemory>(
+    host: &mut Host,
+    call: &mut Call<'_, M>,
+    number: u32,
+    arg: u64,
+) -> Result<()> {
+    match number {
+        nr::CONSOLE_WRITE => {
+            let [buf, len] = call.args::<2>(arg)?;
+            call.limit("buffer", len, CONSOLE_WRITE_MAX)?;
+            call.check("buffer", buf, len, false)?;
+            let mut chunk = [0u8; CHUNK];
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(CHUNK as u64) as usize;
+                call.mem.read(buf + done, &mut chunk[..n]).map_err(|_| {
+                    call.violation(Violation::BadRange {
+                        what: "buffer",
+                        addr: buf,
+                        len,
+                        write: false,
+                    })
+                })?;
+                // The console is best effort: a closed stdout must not stop the guest.
+                let _ = sys::write_all(1, &chunk[..n]);
+                done += n as u64;
+            }
+            Ok(())
+        }
+        nr::CLOCK => {
+            call.args::<2>(arg)?;
+            call.set(arg, 0, sys::clock_ns(libc::CLOCK_MONOTONIC))?;
+            call.set(arg, 1, sys::clock_ns(libc::CLOCK_REALTIME))
+        }
+        nr::POLL => {
+            let [deadline, _] = call.args::<2>(arg)?;
+            // No device delivers input yet, so POLL is a sleep until the deadline.
+            if deadline > sys::clock_ns(libc::CLOCK_MONOTONIC) {
+                sys::sleep_until(deadline);
+            }
+            call.set(arg, 1, 0)
+        }
+        nr::NET_WRITE | nr::NET_READ => {
+            let [_device, buf, len, _] = call.args::<4>(arg)?;
+            call.check("buffer", buf, len, number == nr::NET_READ)?;
+            call.set(arg, 3, errno::ENODEV as u64)
+        }
+        nr::BLOCK_READ | nr::BLOCK_WRITE => {
+            let [device, offset, buf, len, _] = call.args::<5>(arg)?;
+            call.limit("buffer", len, BLOCK_IO_MAX)?;
+            let reading = number == nr::BLOCK_READ;
+            call.check("buffer", buf, len, reading)?;
+            let ret = block_io(host, call, device, offset, buf, len, reading)?;
+            call.set(arg, 4, ret as u64)
+        }
+        nr::HALT => {
+            let [code] = call.args::<1>(arg)?;
+            Err(Outcome::Exited(code as u8))
+        }
+        nr::ABORT => {
+            let [msg, len] = call.args::<2>(arg)?;
+            let len = len.min(ABORT_MSG_MAX);
+            call.check("message", msg, len, false)?;
+            let mut bytes = [0u8; ABORT_MSG_MAX as usize];
+            call.mem
+                .read(msg, &mut bytes[..len as usize])
+                .map_err(|_| {
+                    call.violation(Violation::BadRange {
+                        what: "message",
+                        addr: msg,
+                        len,
+                        write: false,
+                    })
+                })?;
+            Err(Outcome::Aborted(Message::from_guest(
+                &bytes[..len as usize],
+            )))
+        }
+        other => Err(call.violation(Violation::UnknownNumber(other))),
+    }
+}
+
+fn block_io<M: GuestMemory>(
+    host: &mut Host,
+    call: &mut Call<'_, M>,
+    device: u64,
+    offset: u64,
+    buf: u64,
+    len: u64,
+    reading: bool,
+) -> Result<i64> {
+    let Some((_, Device::Block { file, capacity })) = usize::try_from(device)
+        .ok()
+        .and_then(|i| host.devices.get(i))
+    else {
+        return Ok(errno::ENODEV);
+    };
+    let bs = u64::from(BLOCK_SIZE);
+    if offset % bs != 0
+        || len % bs != 0
+        || offset.checked_add(len).is_none_or(|end| end > *capacity)
+    {
+        return Ok(errno::EINVAL);
+    }
+    let mut chunk = [0u8; CHUNK];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(CHUNK as u64) as usize;
+        let bad = |write| Violation::BadRange {
+            what: "buffer",
+            addr: buf,
+            len,
+            write,
+        };
+        if reading {
+            if file.read_exact_at(&mut chunk[..n], offset + done).is_err() {
+                return Ok(errno::EIO);
+            }
+            call.mem
+                .write(buf + done, &chunk[..n])
+                .map_err(|_| call.violation(bad(true)))?;
+        } else {
+            call.mem
+                .read(buf + done, &mut chunk[..n])
+                .map_err(|_| call.violation(bad(false)))?;
+            if file.write_all_at(&chunk[..n], offset + done).is_err() {
+                return Ok(errno::EIO);
+            }
+        }
+        done += n as u64;
+    }
+    Ok(len as i64)
+}

@@ -1,0 +1,277 @@
+//! How an instance ends, and how the tender reports it.
+//!
+//! Everything here works without allocating, so that a signal handler or the
+//! hypercall path under seccomp can build and report an outcome.
+
+use core::fmt::{self, Write as _};
+use kiln_abi::{ABORT_MSG_MAX, EXIT_ABORTED, EXIT_CRASHED};
+
+/// A bounded UTF-8 message held inline (no allocation).
+#[derive(Clone)]
+pub struct Message {
+    buf: [u8; ABORT_MSG_MAX as usize],
+    len: usize,
+}
+
+impl Message {
+    /// An empty message.
+    pub const fn new() -> Self {
+        Message {
+            buf: [0; ABORT_MSG_MAX as usize],
+            len: 0,
+        }
+    }
+
+    /// A message from bytes the guest supplied: cut to the capacity and with
+    /// invalid UTF-8 and control characters (other than newline and tab)
+    /// replaced by '?', so a guest cannot forge terminal escapes.
+    pub fn from_guest(bytes: &[u8]) -> Self {
+        let mut m = Message::new();
+        let n = bytes.len().min(m.buf.len());
+        for (dst, &b) in m.buf.iter_mut().zip(&bytes[..n]) {
+            *dst = if b == b'\n' || b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80 {
+                b
+            } else {
+                b'?'
+            };
+        }
+        m.len = n;
+        // Keep the longest valid UTF-8 prefix, turning stray bytes into '?'.
+        while let Err(e) = core::str::from_utf8(&m.buf[..m.len]) {
+            let at = e.valid_up_to();
+            match e.error_len() {
+                Some(bad) => m.buf[at..at + bad].fill(b'?'),
+                None => m.len = at,
+            }
+        }
+        m
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl Default for Message {
+    fn default() -> Self {
+        Message::new()
+    }
+}
+
+impl fmt::Write for Message {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.buf.len() - self.len;
+        // Cut at a character boundary.
+        let mut n = s.len().min(room);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A CPU exception (hvt) or a fatal signal (spt) raised by guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    /// What happened: "page fault", "invalid opcode", "general protection
+    /// fault", "forbidden system call", ...
+    pub kind: &'static str,
+    /// The faulting data address, when there is one (CR2 or `si_addr`).
+    pub addr: Option<u64>,
+    /// The guest instruction pointer.
+    pub rip: u64,
+    /// More detail: the access ("write to a read-only page"), "stack
+    /// overflow (guard page)", a syscall name; empty when none.
+    pub detail: &'static str,
+    /// A number qualifying `kind`: the vector (hvt), signal or syscall number (spt).
+    pub code: Option<u64>,
+}
+
+/// Why a hypercall broke the ABI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    /// No hypercall has this number.
+    UnknownNumber(u32),
+    /// A range the guest passed is not (suitably) guest memory.
+    BadRange {
+        /// Which argument: "argument struct", "buffer", "message".
+        what: &'static str,
+        /// First address.
+        addr: u64,
+        /// Length.
+        len: u64,
+        /// Whether the tender needed to write there.
+        write: bool,
+    },
+    /// A length above the hypercall's limit.
+    TooLong {
+        /// Which argument.
+        what: &'static str,
+        /// Length passed.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Violation::UnknownNumber(n) => write!(f, "unknown hypercall number {n}"),
+            Violation::BadRange {
+                what,
+                addr,
+                len,
+                write,
+            } => write!(
+                f,
+                "{what} at {addr:#x} (length {len:#x}) is not {} guest memory",
+                if write { "writable" } else { "readable" }
+            ),
+            Violation::TooLong { what, len, max } => {
+                write!(f, "{what} length {len:#x} exceeds the limit {max:#x}")
+            }
+        }
+    }
+}
+
+/// How an instance ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The image halted with this exit code.
+    Exited(u8),
+    /// The image aborted (a panic, for example) with this message.
+    Aborted(Message),
+    /// Guest code raised a CPU exception or a fatal signal.
+    Fault(Fault),
+    /// A hypercall broke the ABI; the instance was stopped.
+    Violation {
+        /// The hypercall's name.
+        hypercall: &'static str,
+        /// What was wrong.
+        reason: Violation,
+    },
+    /// The tender could not go on (for example the hypervisor failed).
+    TenderFailure(Message),
+}
+
+impl Outcome {
+    /// The exit status `kiln run` ends with.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            Outcome::Exited(code) => *code,
+            Outcome::Aborted(_) => EXIT_ABORTED,
+            Outcome::Fault(_) | Outcome::Violation { .. } => EXIT_CRASHED,
+            Outcome::TenderFailure(_) => kiln_abi::EXIT_TENDER_ERROR,
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Exited(code) => write!(f, "instance exited with code {code}"),
+            Outcome::Aborted(msg) => write!(f, "instance aborted: {msg}"),
+            Outcome::Fault(x) => {
+                write!(f, "instance crashed: {}", x.kind)?;
+                if let Some(code) = x.code {
+                    write!(f, " ({code})")?;
+                }
+                if let Some(addr) = x.addr {
+                    write!(f, " at address {addr:#x}")?;
+                }
+                write!(f, ", rip {:#x}", x.rip)?;
+                if !x.detail.is_empty() {
+                    write!(f, ": {}", x.detail)?;
+                }
+                Ok(())
+            }
+            Outcome::Violation { hypercall, reason } => {
+                write!(f, "instance stopped: hypercall {hypercall}: {reason}")
+            }
+            Outcome::TenderFailure(msg) => write!(f, "tender failure: {msg}"),
+        }
+    }
+}
+
+/// Reports `outcome` on stderr (nothing for a normal exit) and ends the
+/// process with its exit status. Allocation-free: usable from the hypercall
+/// path under seccomp and from signal handlers (it uses only `write` and
+/// `exit_group`).
+pub fn finish(outcome: &Outcome) -> ! {
+    if !matches!(outcome, Outcome::Exited(_)) {
+        let mut line = Message::new();
+        let _ = writeln!(line, "kiln: {outcome}");
+        let _ = crate::sys::write_all(2, line.as_str().as_bytes());
+    }
+    crate::sys::exit_now(outcome.exit_status())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_messages_are_sanitized() {
+        let m = Message::from_guest(b"boom\x1b[31m\xff ok\n");
+        assert_eq!(m.as_str(), "boom?[31m? ok\n");
+        let long = [b'a'; 10_000];
+        assert_eq!(
+            Message::from_guest(&long).as_str().len(),
+            ABORT_MSG_MAX as usize
+        );
+        // A multi-byte character cut by the limit is dropped, not half kept.
+        let mut v = vec![b'a'; ABORT_MSG_MAX as usize - 1];
+        v.extend_from_slice("é".as_bytes());
+        assert_eq!(
+            Message::from_guest(&v).as_str().len(),
+            ABORT_MSG_MAX as usize - 1
+        );
+    }
+
+    #[test]
+    fn outcomes_render_and_map_to_statuses() {
+        let f = Outcome::Fault(Fault {
+            kind: "page fault",
+            addr: Some(0),
+            rip: 0x100123,
+            detail: "read of an unmapped page",
+            code: Some(14),
+        });
+        assert_eq!(
+            f.to_string(),
+            "instance crashed: page fault (14) at address 0x0, rip 0x100123: read of an unmapped page"
+        );
+        assert_eq!(f.exit_status(), EXIT_CRASHED);
+        let v = Outcome::Violation {
+            hypercall: "CONSOLE_WRITE",
+            reason: Violation::BadRange {
+                what: "buffer",
+                addr: 0xdead,
+                len: 16,
+                write: false,
+            },
+        };
+        assert_eq!(
+            v.to_string(),
+            "instance stopped: hypercall CONSOLE_WRITE: buffer at 0xdead (length 0x10) is not readable guest memory"
+        );
+        assert_eq!(Outcome::Exited(7).exit_status(), 7);
+        assert_eq!(Outcome::Aborted(Message::new()).exit_status(), EXIT_ABORTED);
+    }
+}
