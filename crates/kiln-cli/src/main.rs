@@ -1,0 +1,89 @@
+//! `kiln`: build Rust unikernels and run them.
+#![forbid(unsafe_code)]
+
+mod build;
+mod inspect;
+mod run;
+mod size;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Build Rust unikernels and run them on hvt (KVM) or spt (seccomp process)",
+    long_about = "kiln turns a Rust crate that uses kiln-rt into one small bootable image \
+                  and runs it in milliseconds, on its own KVM monitor (hvt) or inside a \
+                  seccomp-confined process (spt).",
+    after_help = "Examples:\n  \
+        kiln build examples/hello            build target/kiln/hello.kiln\n  \
+        kiln run examples/hello -- a b c     build if needed, boot, pass arguments\n  \
+        kiln run --tender spt target/kiln/hello.kiln\n  \
+        kiln inspect target/kiln/hello.kiln"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a kiln-rt crate into a bootable image (target/kiln/NAME.kiln).
+    #[command(after_help = "Examples:\n  kiln build examples/hello\n  kiln build --out-dir /tmp/images .")]
+    Build(build::BuildArgs),
+    /// Boot an image (or build a crate and boot it) and wait for it to end.
+    ///
+    /// The exit status is the image's exit code; 134 when it aborted (panic),
+    /// 139 when it crashed (CPU fault, forbidden system call, bad hypercall),
+    /// 125 when it could not be started.
+    #[command(after_help = "Examples:\n  \
+        kiln run examples/hello -- a b c\n  \
+        kiln run --tender hvt --mem 64M -e GREETING=hi target/kiln/hello.kiln\n  \
+        kiln run --disk data=disk.img target/kiln/store.kiln")]
+    Run(run::RunArgs),
+    /// Show an image's ABI version, entry point, segments, manifest and size.
+    Inspect {
+        /// The image file.
+        image: PathBuf,
+    },
+}
+
+/// An error and its causes on one line.
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        msg.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    msg
+}
+
+/// Prints an error with its chain of causes.
+pub(crate) fn report(err: &dyn std::error::Error) {
+    eprintln!("kiln: {}", chain(err));
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Build(args) => match build::build(&args) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                report(&e);
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => run::run(args),
+        Command::Inspect { image } => match inspect::inspect(&image) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                report(&e);
+                ExitCode::from(kiln_abi::EXIT_TENDER_ERROR)
+            }
+        },
+    }
+}

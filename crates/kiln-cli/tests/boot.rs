@@ -1,0 +1,109 @@
+//! Boots real images on every tender available and checks what they print
+//! and how they end. One image per property (tests/images/*).
+
+mod common;
+
+use common::{image, run, tenders};
+use kiln_abi::{EXIT_ABORTED, EXIT_CRASHED};
+
+#[test]
+fn hello_prints_and_exits_zero() {
+    let img = image("examples/hello");
+    for t in tenders() {
+        let r = run(t, &img, &[], &["a", "b c"]);
+        assert_eq!(r.status, 0, "{t}: {r:?}");
+        assert!(r.stdout.contains("Hello from kiln!"), "{t}: {r:?}");
+        assert!(r.stdout.contains("a") && r.stdout.contains("b c"), "{t}: {r:?}");
+        assert!(r.stderr.is_empty(), "{t}: unexpected stderr {r:?}");
+    }
+}
+
+#[test]
+fn args_and_env_round_trip_and_exit_code_propagates() {
+    let img = image("tests/images/args-env");
+    for t in tenders() {
+        let r = run(t, &img, &["-e", "GREETING=hi there", "-e", "EXIT_CODE=42"], &["one", "two words", "--flag"]);
+        assert_eq!(r.status, 42, "{t}: {r:?}");
+        for want in ["arg 0: args-env", "arg 1: one", "arg 2: two words", "arg 3: --flag", "env GREETING=hi there", "env EXIT_CODE=42"] {
+            assert!(r.stdout.lines().any(|l| l == want), "{t}: missing {want:?} in {r:?}");
+        }
+    }
+}
+
+#[test]
+fn exit_codes_propagate() {
+    let img = image("tests/images/exit-code");
+    for t in tenders() {
+        for code in [0, 1, 7, 255] {
+            let r = run(t, &img, &[], &[&code.to_string()]);
+            assert_eq!(r.status, code, "{t}: {r:?}");
+        }
+    }
+}
+
+#[test]
+fn panic_aborts_with_its_message() {
+    let img = image("tests/images/panic");
+    for t in tenders() {
+        let r = run(t, &img, &[], &[]);
+        assert_eq!(r.status, i32::from(EXIT_ABORTED), "{t}: {r:?}");
+        assert!(r.stderr.contains("instance aborted"), "{t}: {r:?}");
+        assert!(r.stderr.contains("boom from the panic image"), "{t}: {r:?}");
+    }
+}
+
+fn crashes(dir: &str, args: &[&str], want: &[&str]) {
+    let img = image(dir);
+    for t in tenders() {
+        let r = run(t, &img, &[], args);
+        assert_eq!(r.status, i32::from(EXIT_CRASHED), "{t}: {r:?}");
+        for w in want {
+            assert!(r.stderr.contains(w), "{t}: want {w:?} in {r:?}");
+        }
+    }
+}
+
+#[test]
+fn null_pointer_is_a_page_fault() {
+    crashes("tests/images/null-deref", &[], &["instance crashed: page fault", "at address 0x0,"]);
+}
+
+#[test]
+fn write_into_text_faults() {
+    crashes("tests/images/write-text", &[], &["instance crashed: page fault", "write"]);
+}
+
+#[test]
+fn stack_overflow_hits_the_guard_page() {
+    crashes("tests/images/stack-overflow", &[], &["instance crashed: page fault", "guard page"]);
+}
+
+#[test]
+fn wild_hypercall_pointers_end_the_instance() {
+    crashes("tests/images/wild-pointer", &[], &["hypercall CONSOLE_WRITE", "0xdeadbeef0000"]);
+    crashes("tests/images/wild-pointer", &["huge-len"], &["hypercall CONSOLE_WRITE", "exceeds the limit"]);
+    crashes("tests/images/wild-pointer", &["tender-memory"], &["hypercall CONSOLE_WRITE", "0x1000"]);
+    crashes("tests/images/wild-pointer", &["unknown"], &["unknown hypercall number 77"]);
+}
+
+#[test]
+fn raw_syscall_is_stopped() {
+    let img = image("tests/images/raw-syscall");
+    for t in tenders() {
+        let r = run(t, &img, &[], &[]);
+        assert_eq!(r.status, i32::from(EXIT_CRASHED), "{t}: {r:?}");
+        let want = if t == "spt" { "forbidden system call" } else { "invalid opcode" };
+        assert!(r.stderr.contains(want), "{t}: {r:?}");
+        assert!(!r.stdout.contains('x'), "{t}: the syscall's write got through: {r:?}");
+    }
+}
+
+#[test]
+fn clocks_timers_heap_and_tasks_work() {
+    let img = image("tests/images/clock");
+    for t in tenders() {
+        let r = run(t, &img, &[], &[]);
+        assert_eq!(r.status, 0, "{t}: {r:?}");
+        assert!(r.stdout.contains("slept ok"), "{t}: {r:?}");
+    }
+}
