@@ -1,0 +1,106 @@
+//! hvt: kiln's KVM monitor.
+//!
+//! One image, one VM, one vCPU. The monitor enters 64-bit long mode
+//! directly (no firmware, no real mode) and runs the image at **CPL3**: the
+//! first `KVM_SET_SREGS` already loads ring-3 code and data segments. The
+//! monitor owns everything privileged — page tables, GDT, IDT, the TSS with
+//! its I/O permission bitmap, and 32 tiny ring-0 exception stubs — in pages
+//! the image cannot reach (see [`layout`] for the memory map). This keeps
+//! W^X, page 0 and the stack guard page in force even against a compromised
+//! image, and it is what lets images run natively on PVM hosts, where code
+//! at CPL0 is emulated (shared/HOST-FACTS.md).
+//!
+//! * Hypercalls are `out dx, eax` to `HVT_PORT_BASE + nr` with the guest
+//!   address of the argument struct in `eax`. The TSS bitmap admits only
+//!   those ports; everything else raises #GP. Arguments are checked by
+//!   [`kiln_tender::dispatch`] through [`memory::GuestView`], which admits
+//!   only memory the image could access itself the same way.
+//! * A CPU exception enters its ring-0 stub through a DPL-0 interrupt gate
+//!   (so `int n` from the image is itself a #GP); the stub writes the vector
+//!   to a private port and the monitor reads the exception frame from the
+//!   ring-0 stack, plus CR2, and ends the instance with a
+//!   [`kiln_tender::Outcome::Fault`].
+//! * Before the first `KVM_RUN` the monitor confines itself with seccomp
+//!   ([`seccomp`]).
+
+mod cpuid;
+mod fault;
+mod instance;
+pub mod layout;
+mod memory;
+mod monitor;
+mod paging;
+mod seccomp;
+mod vcpu;
+mod x86;
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use kiln_tender::RunConfig;
+
+pub use layout::LayoutError;
+pub use seccomp::SeccompError;
+pub use vcpu::KvmError;
+
+/// Why an instance could not be started. Once the guest runs, the monitor
+/// no longer returns: it ends the process through [`kiln_tender::finish`].
+#[derive(Debug, thiserror::Error)]
+pub enum HvtError {
+    /// /dev/kvm is missing, inaccessible, or a KVM call failed.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// The image and its stack do not fit the memory asked for.
+    #[error("cannot lay out guest memory")]
+    Layout(#[from] LayoutError),
+    /// The instance's devices or BootInfo could not be prepared.
+    #[error(transparent)]
+    Tender(#[from] kiln_tender::TenderError),
+    /// Guest memory could not be allocated.
+    #[error("cannot allocate {} MiB of guest memory", size >> 20)]
+    Memory {
+        /// Bytes asked for.
+        size: u64,
+        /// The cause.
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+    /// Writing the image or a tender structure into guest memory failed.
+    #[error("cannot write the {what} at {addr:#x} into guest memory")]
+    Load {
+        /// What was being written.
+        what: &'static str,
+        /// Where.
+        addr: u64,
+        /// The cause.
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+    /// The sandbox could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+}
+
+/// Whether this host can run hvt instances: /dev/kvm opens and a VM can be
+/// created. Used by `kiln run --tender auto`.
+pub fn probe() -> Result<(), HvtError> {
+    instance::create_vm()?;
+    Ok(())
+}
+
+/// Runs `cfg`'s image in a new VM. Returns only when the instance could not
+/// be started; otherwise the process ends with the instance's outcome.
+pub fn run(cfg: RunConfig) -> Result<Infallible, HvtError> {
+    let started = Instant::now();
+    let mut inst = instance::Instance::create(&cfg)?;
+    let verbose = cfg.verbose;
+    // Everything the run loop does not need goes before the sandbox closes.
+    drop(cfg);
+    inst.sandbox()?;
+    let mut stats = monitor::Stats::default();
+    let outcome = monitor::run(&mut inst, &mut stats);
+    if verbose {
+        monitor::report(&inst, &stats, started);
+    }
+    kiln_tender::finish(&outcome)
+}

@@ -1,0 +1,167 @@
+//! Setting up one instance: VM, guest memory with the image and the
+//! tender's structures, the vCPU, the sandbox.
+
+use std::time::{Duration, Instant};
+
+use kiln_abi::tender;
+use kiln_tender::{BootBlock, Host, RunConfig};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::layout::{Layout, GDT_ADDR, IDT_ADDR, PAGE_TABLES_BASE, RING0_STACK_TOP, STUBS_PAGE, TSS_ADDR};
+use crate::vcpu::{self, KvmError};
+use crate::{paging, seccomp, x86, HvtError};
+
+/// How long each setup step took, for `-v`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timings {
+    /// Opening the instance's devices.
+    pub host: Duration,
+    /// Opening /dev/kvm and creating the VM.
+    pub vm: Duration,
+    /// Allocating and registering guest memory.
+    pub memory: Duration,
+    /// Copying the image and writing tables, stubs and BootInfo.
+    pub load: Duration,
+    /// Creating and configuring the vCPU.
+    pub vcpu: Duration,
+    /// Building and installing the seccomp filter.
+    pub seccomp: Duration,
+}
+
+/// A ready-to-run instance. Field order is drop order: the vCPU and the VM
+/// go before the memory they use.
+pub struct Instance {
+    /// The only vCPU.
+    pub vcpu: VcpuFd,
+    /// The VM, held open for the vCPU.
+    pub _vm: VmFd,
+    /// All of guest memory.
+    pub mem: GuestMemoryMmap,
+    /// Where everything is.
+    pub layout: Layout,
+    /// Devices, console, clocks.
+    pub host: Host,
+    /// When VM creation started.
+    pub created: Instant,
+    /// Setup timings.
+    pub timings: Timings,
+}
+
+fn write(
+    mem: &GuestMemoryMmap,
+    what: &'static str,
+    addr: u64,
+    bytes: &[u8],
+) -> Result<(), HvtError> {
+    mem.write_slice(bytes, GuestAddress(addr))
+        .map_err(|source| HvtError::Load { what, addr, source })
+}
+
+/// Opens /dev/kvm and creates an empty VM.
+pub fn create_vm() -> Result<(Kvm, VmFd), KvmError> {
+    let kvm = Kvm::new().map_err(|source| KvmError {
+        what: "open /dev/kvm",
+        source,
+    })?;
+    let vm = kvm.create_vm().map_err(|source| KvmError {
+        what: "KVM_CREATE_VM",
+        source,
+    })?;
+    Ok((kvm, vm))
+}
+
+impl Instance {
+    /// Builds the instance for `cfg`, up to but excluding the sandbox.
+    pub fn create(cfg: &RunConfig) -> Result<Instance, HvtError> {
+        let mut t = Timings::default();
+        let mut mark = Instant::now();
+        let mut lap = |d: &mut Duration| {
+            let now = Instant::now();
+            *d = now - mark;
+            mark = now;
+        };
+
+        let host = Host::open(cfg)?;
+        let layout = Layout::new(
+            cfg.image.segments(),
+            cfg.mem_size,
+            cfg.image.stack_size(),
+            BootBlock::size_needed(cfg),
+        )?;
+        lap(&mut t.host);
+
+        let created = Instant::now();
+        let (kvm, vm) = create_vm()?;
+        lap(&mut t.vm);
+
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), layout.mem_size as usize)])
+            .map_err(|source| HvtError::Memory {
+                size: layout.mem_size,
+                source,
+            })?;
+        vcpu::register_memory(&vm, &mem, layout.mem_size)?;
+        lap(&mut t.memory);
+
+        // Fresh anonymous memory is zero: only the file bytes are copied,
+        // bss and every gap stay zero.
+        for s in cfg.image.segments() {
+            write(&mem, "image segment", s.vaddr, cfg.image.segment_data(s))?;
+        }
+        write(&mem, "GDT", GDT_ADDR, &x86::gdt(TSS_ADDR))?;
+        write(&mem, "TSS", TSS_ADDR, &x86::tss(RING0_STACK_TOP))?;
+        write(&mem, "IDT", IDT_ADDR, &x86::idt(STUBS_PAGE))?;
+        write(&mem, "exception stubs", STUBS_PAGE, &x86::stubs())?;
+        let tables = paging::build(&layout.mappings, layout.mem_size, PAGE_TABLES_BASE);
+        write(&mem, "page tables", tables.base, &tables.bytes)?;
+        lap(&mut t.load);
+
+        let vcpu_fd = vm.create_vcpu(0).map_err(|source| KvmError {
+            what: "KVM_CREATE_VCPU",
+            source,
+        })?;
+        vcpu::configure_cpuid(&vcpu_fd)?;
+        vcpu::configure_sregs(&vcpu_fd)?;
+        vcpu::configure_msrs(&vcpu_fd)?;
+        vcpu::configure_regs(&vcpu_fd, cfg.image.entry(), &layout)?;
+        let tsc_hz = vcpu::tsc_hz(&vcpu_fd);
+        lap(&mut t.vcpu);
+
+        let boot = BootBlock {
+            base: layout.boot_info,
+            tender: tender::HVT,
+            hypercall: 0,
+            heap: (layout.heap_start, layout.heap_size),
+            stack_bottom: layout.stack_bottom,
+            tsc_hz,
+        }
+        .build(cfg, &host.device_infos())?;
+        write(&mem, "BootInfo", layout.boot_info, &boot)?;
+        let mut boot_time = Duration::ZERO;
+        lap(&mut boot_time);
+        t.load += boot_time;
+        // The /dev/kvm descriptor is not needed any more; closing it keeps
+        // it out of reach of the run loop.
+        drop(kvm);
+
+        Ok(Instance {
+            vcpu: vcpu_fd,
+            _vm: vm,
+            mem,
+            layout,
+            host,
+            created,
+            timings: t,
+        })
+    }
+
+    /// Confines the process to what the run loop needs.
+    pub fn sandbox(&mut self) -> Result<(), HvtError> {
+        use std::os::fd::AsRawFd;
+        let start = Instant::now();
+        let filter = seccomp::build(self.vcpu.as_raw_fd(), &self.host.fds())?;
+        seccomp::install(&filter)?;
+        self.timings.seccomp = start.elapsed();
+        Ok(())
+    }
+}

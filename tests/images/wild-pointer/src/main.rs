@@ -1,0 +1,51 @@
+//! Hands bad arguments to hypercalls; the tender must end the instance with
+//! a violation naming the hypercall (exit status 139) and never crash.
+//!
+//! `argv[1]` picks the case:
+//! * (none) or `console`: CONSOLE_WRITE with buf = 0xdead_beef_0000, len 16;
+//! * `huge-len`: CONSOLE_WRITE of a valid buffer with len = u64::MAX;
+//! * `tender-memory`: CONSOLE_WRITE with buf = 0x1000 (the tender's pages);
+//! * `unknown`: hypercall number 77;
+//! * `bad-struct`: CLOCK with the argument struct itself at 0xfff0_0000,
+//!   beyond guest memory.
+#![no_std]
+#![no_main]
+
+use kiln_rt::abi::{self, nr, ConsoleWrite};
+use kiln_rt::println;
+
+kiln_rt::entry!(main);
+
+static MESSAGE: &[u8] = b"valid bytes here";
+
+fn console_write(buf: u64, len: u64) {
+    let mut arg = ConsoleWrite { buf, len };
+    // SAFETY: CONSOLE_WRITE only reads; the tender must refuse the range.
+    unsafe { abi::hypercall(nr::CONSOLE_WRITE, &mut arg) };
+}
+
+fn main() -> i32 {
+    let case = kiln_rt::env::args().nth(1).unwrap_or("console");
+    println!("wild-pointer: case {case}");
+    match case {
+        "console" => console_write(0xdead_beef_0000, 16),
+        "huge-len" => console_write(MESSAGE.as_ptr() as u64, u64::MAX),
+        "tender-memory" => console_write(0x1000, 16),
+        "unknown" => {
+            let mut arg = ConsoleWrite {
+                buf: MESSAGE.as_ptr() as u64,
+                len: MESSAGE.len() as u64,
+            };
+            // SAFETY: the struct is valid; the number is not a hypercall.
+            unsafe { abi::hypercall(77, &mut arg) };
+        }
+        // SAFETY: the address is outside guest memory; the tender must refuse it.
+        "bad-struct" => unsafe { abi::hypercall_raw(nr::CLOCK, 0xfff0_0000) },
+        other => {
+            println!("wild-pointer: unknown case {other:?}");
+            return 2;
+        }
+    }
+    println!("wild-pointer: survived case {case} (must not happen)");
+    1
+}
