@@ -156,7 +156,7 @@ fn main() {
     }
     if let Some(hvt) = series.iter().find(|s| s.name.contains("hvt")) {
         println!("\n## hvt details (from `kiln run -v`)\n");
-        for line in hvt.stderr_tail.lines().filter(|l| l.starts_with("kiln:")) {
+        for line in hvt.stderr_tail.lines().filter(|l| l.starts_with("kiln")) {
             println!("    {line}");
         }
     }

@@ -88,7 +88,12 @@ pub fn build(args: &BuildArgs) -> Result<Vec<PathBuf>, BuildError> {
     cmd.arg("build")
         .arg("--manifest-path")
         .arg(&manifest)
-        .args(["--release", "--target", "x86_64-unknown-linux-gnu", "--bins"])
+        .args([
+            "--release",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+            "--bins",
+        ])
         .arg("--target-dir")
         .arg(out.join("cargo"))
         .args(["--message-format", "json-render-diagnostics"]);
@@ -107,7 +112,12 @@ pub fn build(args: &BuildArgs) -> Result<Vec<PathBuf>, BuildError> {
         cmd.arg("--quiet");
     }
     // Flags from the caller's environment would change how images link.
-    for var in ["RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET"] {
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+    ] {
         cmd.env_remove(var);
     }
     cmd.env("CARGO_ENCODED_RUSTFLAGS", rustflags().join("\x1f"));
@@ -116,7 +126,10 @@ pub fn build(args: &BuildArgs) -> Result<Vec<PathBuf>, BuildError> {
     let mut child = cmd.spawn().map_err(BuildError::Spawn)?;
     let mut executables = Vec::new();
     if let Some(stdout) = child.stdout.take() {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
@@ -140,7 +153,11 @@ pub fn build(args: &BuildArgs) -> Result<Vec<PathBuf>, BuildError> {
         let image = install(&exe, &out)?;
         if !args.quiet {
             let size = std::fs::metadata(&image).map(|m| m.len()).unwrap_or(0);
-            eprintln!("kiln: built {} ({:.1} KiB)", image.display(), size as f64 / 1024.0);
+            eprintln!(
+                "kiln: built {} ({:.1} KiB)",
+                image.display(),
+                size as f64 / 1024.0
+            );
         }
         images.push(image);
     }

@@ -8,14 +8,27 @@ pub fn inspect(path: &Path) -> Result<(), ImageError> {
     let image = Image::load(path)?;
     let m = image.manifest();
     println!("image:       {}", path.display());
-    println!("size:        {} bytes ({:.1} KiB)", image.file_size(), image.file_size() as f64 / 1024.0);
+    println!(
+        "size:        {} bytes ({:.1} KiB)",
+        image.file_size(),
+        image.file_size() as f64 / 1024.0
+    );
     println!("abi version: {}", m.abi_version);
     println!("entry:       {:#x}", image.entry());
     println!("stack:       {} KiB", image.stack_size() / 1024);
     println!("segments:");
-    println!("  {:>18}  {:>10}  {:>10}  perms", "address", "mem size", "file size");
+    println!(
+        "  {:>18}  {:>10}  {:>10}  perms",
+        "address", "mem size", "file size"
+    );
     for s in image.segments() {
-        println!("  {:#018x}  {:#10x}  {:#10x}  {}", s.vaddr, s.mem_size, s.file_size, s.perms());
+        println!(
+            "  {:#018x}  {:#10x}  {:#10x}  {}",
+            s.vaddr,
+            s.mem_size,
+            s.file_size,
+            s.perms()
+        );
     }
     let devices = &m.devices[..m.device_count as usize];
     if devices.is_empty() {

@@ -32,7 +32,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build a kiln-rt crate into a bootable image (target/kiln/NAME.kiln).
-    #[command(after_help = "Examples:\n  kiln build examples/hello\n  kiln build --out-dir /tmp/images .")]
+    #[command(
+        after_help = "Examples:\n  kiln build examples/hello\n  kiln build --out-dir /tmp/images ."
+    )]
     Build(build::BuildArgs),
     /// Boot an image (or build a crate and boot it) and wait for it to end.
     ///

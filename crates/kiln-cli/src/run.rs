@@ -1,8 +1,8 @@
 //! `kiln run`: choose a tender and hand it the image.
 
 use crate::build::{self, BuildArgs};
-use crate::{chain, report};
 use crate::size::parse_size;
+use crate::{chain, report};
 use kiln_abi::EXIT_TENDER_ERROR;
 use kiln_image::Image;
 use kiln_tender::RunConfig;
@@ -110,7 +110,11 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_TENDER_ERROR);
         }
     };
-    let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+    let name = path
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     let cfg = RunConfig {
         image,
         args: std::iter::once(name).chain(args.args).collect(),
@@ -126,7 +130,10 @@ pub fn run(args: RunArgs) -> ExitCode {
                 TenderChoice::Hvt
             }
             Err(why) => {
-                verbose(&cfg, &format!("tender spt (auto: hvt is unavailable: {why})"));
+                verbose(
+                    &cfg,
+                    &format!("tender spt (auto: hvt is unavailable: {why})"),
+                );
                 TenderChoice::Spt
             }
         },

@@ -39,25 +39,46 @@ fn rejected(name: &str, bytes: Vec<u8>, want: &str) {
     let p = write_case(name, &bytes);
     for t in tenders() {
         let r = run(t, &p, &[], &[]);
-        assert_eq!(r.status, i32::from(EXIT_TENDER_ERROR), "{name} on {t}: {r:?}");
-        assert!(r.stderr.contains(want), "{name} on {t}: want {want:?} in {r:?}");
-        assert!(!r.stderr.contains("panicked"), "{name} on {t}: the tender panicked: {r:?}");
+        assert_eq!(
+            r.status,
+            i32::from(EXIT_TENDER_ERROR),
+            "{name} on {t}: {r:?}"
+        );
+        assert!(
+            r.stderr.contains(want),
+            "{name} on {t}: want {want:?} in {r:?}"
+        );
+        assert!(
+            !r.stderr.contains("panicked"),
+            "{name} on {t}: the tender panicked: {r:?}"
+        );
     }
     let out = kiln().arg("inspect").arg(&p).output().unwrap();
     assert!(!out.status.success(), "inspect accepted {name}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains(want), "inspect {name}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(want),
+        "inspect {name}"
+    );
 }
 
 #[test]
 fn not_an_elf() {
-    rejected("not-elf", b"#!/bin/sh\necho hello\n".to_vec(), "not an ELF file");
+    rejected(
+        "not-elf",
+        b"#!/bin/sh\necho hello\n".to_vec(),
+        "not an ELF file",
+    );
 }
 
 #[test]
 fn truncated() {
     let b = hello();
     rejected("truncated-header", b[..40].to_vec(), "truncated image");
-    rejected("truncated-body", b[..b.len() / 2].to_vec(), "truncated image");
+    rejected(
+        "truncated-body",
+        b[..b.len() / 2].to_vec(),
+        "truncated image",
+    );
 }
 
 #[test]
@@ -119,7 +140,10 @@ fn segment_outside_guest_memory_on_hvt() {
 #[test]
 fn wrong_abi_version() {
     let mut b = hello();
-    let pos = b.windows(4).position(|w| w == b"KLNM").expect("manifest magic in hello");
+    let pos = b
+        .windows(4)
+        .position(|w| w == b"KLNM")
+        .expect("manifest magic in hello");
     b[pos + 4..pos + 8].copy_from_slice(&99u32.to_le_bytes());
     rejected("abi99", b, "ABI version 99");
 }
@@ -144,5 +168,8 @@ fn missing_file_and_bad_flags_are_clear() {
     assert!(r.stderr.contains("not a size"), "{r:?}");
     let r = run("spt", &img, &["--disk", "data=/tmp/x"], &[]);
     assert_eq!(r.status, i32::from(EXIT_TENDER_ERROR), "{r:?}");
-    assert!(r.stderr.contains("declares no block device named 'data'"), "{r:?}");
+    assert!(
+        r.stderr.contains("declares no block device named 'data'"),
+        "{r:?}"
+    );
 }

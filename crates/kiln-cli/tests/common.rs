@@ -8,7 +8,10 @@ use std::sync::{Mutex, OnceLock};
 
 /// The repository root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// The kiln binary under test.
@@ -28,13 +31,20 @@ pub fn image(dir: &str) -> PathBuf {
     if let Some((_, p)) = built.iter().find(|(d, _)| d == dir) {
         return p.clone();
     }
-    let out = kiln().args(["build", "-q", dir]).output().expect("run kiln build");
+    let out = kiln()
+        .args(["build", "-q", dir])
+        .output()
+        .expect("run kiln build");
     assert!(
         out.status.success(),
         "kiln build {dir} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let name = Path::new(dir).file_name().unwrap().to_string_lossy().into_owned();
+    let name = Path::new(dir)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     let path = root().join("target/kiln").join(format!("{name}.kiln"));
     assert!(path.is_file(), "{} was not produced", path.display());
     built.push((dir.to_string(), path.clone()));
@@ -45,9 +55,15 @@ pub fn image(dir: &str) -> PathBuf {
 pub fn hvt_available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| {
-        let ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+        let ok = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
         if !ok {
-            eprintln!("\n*** SKIPPING hvt boot tests: /dev/kvm cannot be opened on this host ***\n");
+            eprintln!(
+                "\n*** SKIPPING hvt boot tests: /dev/kvm cannot be opened on this host ***\n"
+            );
         }
         ok
     })
@@ -71,7 +87,11 @@ pub struct Run {
 
 impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "status {}\n--- stdout\n{}--- stderr\n{}", self.status, self.stdout, self.stderr)
+        write!(
+            f,
+            "status {}\n--- stdout\n{}--- stderr\n{}",
+            self.status, self.stdout, self.stderr
+        )
     }
 }
 

@@ -173,8 +173,10 @@ fn run_task(id: TaskId) {
     }
 }
 
-/// Fires due timers; if nothing is runnable (`busy` false), waits in POLL
-/// for the next timer or device input first. Wakes whoever was waiting.
+/// Fires due timers; if nothing is runnable (`busy` false) and no timer is
+/// due, first waits in POLL for the next timer or device input (when tasks
+/// are runnable, only checks for device input without waiting). Wakes
+/// whoever was waiting.
 fn wait_for_events(busy: bool) {
     let (next_deadline, waiting_on_devices) = RUNTIME.with(|rt| {
         (
@@ -183,22 +185,21 @@ fn wait_for_events(busy: bool) {
         )
     });
     let mut now = next_deadline.map(|_| time::monotonic_ns());
+    let timer_due = matches!((next_deadline, now), (Some(d), Some(n)) if d <= n);
     let mut ready_mask = 0;
-    if !busy {
-        match (next_deadline, now) {
-            (Some(deadline), Some(now)) if deadline <= now => {}
-            (None, _) if !waiting_on_devices => {
-                RUNTIME.with(|rt| rt.running = false);
-                panic!(
-                    "kiln_rt::executor: every task is waiting, but no timer or device can wake one"
-                )
-            }
-            (deadline, _) => {
-                ready_mask = time::wait(deadline.unwrap_or(u64::MAX));
-                if deadline.is_some() {
-                    now = Some(time::monotonic_ns());
-                }
-            }
+    if busy || timer_due {
+        // Tasks are runnable: do not block, but still notice device input,
+        // so a busy task cannot starve one waiting on a device.
+        if waiting_on_devices {
+            ready_mask = time::wait(0);
+        }
+    } else if next_deadline.is_none() && !waiting_on_devices {
+        RUNTIME.with(|rt| rt.running = false);
+        panic!("kiln_rt::executor: every task is waiting, but no timer or device can wake one");
+    } else {
+        ready_mask = time::wait(next_deadline.unwrap_or(u64::MAX));
+        if next_deadline.is_some() {
+            now = Some(time::monotonic_ns());
         }
     }
     let now = now.unwrap_or(0);

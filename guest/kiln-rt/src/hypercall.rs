@@ -69,8 +69,10 @@ pub unsafe fn hypercall_raw(nr: u32, arg: u64) {
         call(u64::from(nr), arg);
     } else {
         // Guest memory lies below 4 GiB on hvt (identity mapped), so the
-        // struct's address fits in eax.
-        debug_assert!(arg <= u64::from(u32::MAX));
+        // struct's address fits in eax; never pass a truncated address.
+        if arg > u64::from(u32::MAX) {
+            after_end();
+        }
         let port = HVT_PORT_BASE.wrapping_add(nr as u16);
         // SAFETY: on hvt the port write traps to the monitor, which reads and
         // writes the argument struct (and the memory it names, which the
