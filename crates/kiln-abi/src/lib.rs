@@ -28,7 +28,7 @@
 
 /// Version of this ABI. A tender refuses an image whose manifest names
 /// another version.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Size of a page, the granularity of all protections.
 pub const PAGE_SIZE: u64 = 4096;
@@ -74,8 +74,11 @@ pub mod nr {
     pub const HALT: u32 = 8;
     /// End the instance abnormally with a message. Argument: [`super::Abort`].
     pub const ABORT: u32 = 9;
+    /// Hand the tender shared-memory rings for a network device, so frames
+    /// travel without an exit each. Argument: [`super::NetRings`].
+    pub const NET_RINGS: u32 = 10;
     /// One past the highest hypercall number.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
 
     /// Human-readable name of a hypercall, for error messages.
     pub const fn name(nr: u32) -> &'static str {
@@ -89,6 +92,7 @@ pub mod nr {
             BLOCK_READ => "BLOCK_READ",
             HALT => "HALT",
             ABORT => "ABORT",
+            NET_RINGS => "NET_RINGS",
             _ => "UNKNOWN",
         }
     }
@@ -187,6 +191,58 @@ pub struct BlockIo {
     pub ret: i64,
 }
 
+/// Argument of [`nr::NET_RINGS`]: from now on frames of `device` travel
+/// through two rings in guest memory instead of NET_READ/NET_WRITE. Each ring
+/// is [`NET_RING_SIZE`] bytes, page aligned, in writable guest memory, laid
+/// out as a [`NetRingHeader`] followed by [`NET_RING_SLOTS`] slots of
+/// [`NET_SLOT_SIZE`] bytes (a little-endian u32 frame length, 4 reserved
+/// bytes, then the frame).
+///
+/// Each ring has one producer and one consumer; indices run freely and wrap
+/// at 2^32, slot = index % NET_RING_SLOTS. The guest produces into `tx` and
+/// consumes from `rx`; the tender does the opposite. After producing into
+/// `tx` the guest kicks the tender by writing the device index to the
+/// doorbell port [`HVT_NET_DOORBELL_PORT`] (hvt: caught in the kernel, no
+/// exit to the tender's vCPU thread). The guest learns of new `rx` frames by
+/// reading the producer index, and waits for them in POLL. A header whose
+/// indices or lengths are impossible ends the instance.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRings {
+    /// Index of the device in [`BootInfo::devices`].
+    pub device: u64,
+    /// Guest address of the receive ring (tender produces).
+    pub rx: u64,
+    /// Guest address of the transmit ring (guest produces).
+    pub tx: u64,
+    /// Out: 0, or a negative [`errno`] (ENODEV when the tender offers no rings
+    /// for this device: keep using NET_READ/NET_WRITE).
+    pub ret: i64,
+}
+
+/// Header at the start of a ring.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRingHeader {
+    /// Written by the producer: number of frames produced so far.
+    pub producer: u32,
+    /// Written by the consumer: number of frames consumed so far.
+    pub consumer: u32,
+    /// Reserved, zero.
+    pub _reserved: [u32; 14],
+}
+
+/// Slots in one ring (a power of two).
+pub const NET_RING_SLOTS: u64 = 256;
+/// Bytes per slot: an 8-byte length word and up to 2040 bytes of frame.
+pub const NET_SLOT_SIZE: u64 = 2048;
+/// Largest frame a slot carries.
+pub const NET_SLOT_FRAME_MAX: u64 = NET_SLOT_SIZE - 8;
+/// Bytes in one ring: one page of header, then the slots.
+pub const NET_RING_SIZE: u64 = PAGE_SIZE + NET_RING_SLOTS * NET_SLOT_SIZE;
+/// hvt: the doorbell port for transmit kicks in [`nr::NET_RINGS`] mode.
+pub const HVT_NET_DOORBELL_PORT: u16 = HVT_PORT_BASE + 0x40;
+
 /// Largest transfer one block hypercall may ask for.
 pub const BLOCK_IO_MAX: u64 = 1024 * 1024;
 
@@ -264,6 +320,37 @@ pub struct DeviceInfo {
     pub _reserved: [u8; 2],
     /// Block: the capacity in bytes. Network: zero.
     pub capacity: u64,
+    /// Network: how the image configures its addresses; zero for block devices.
+    pub net: NetConfig,
+}
+
+/// Flags of [`NetConfig::flags`].
+pub mod net_flags {
+    /// Configure IPv4 by DHCP (the static fields are then zero).
+    pub const DHCP4: u32 = 1;
+}
+
+/// Addresses of a network device, as given to `kiln run` (or DHCP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetConfig {
+    /// [`net_flags`] bits.
+    pub flags: u32,
+    /// Static IPv4 address (network byte order); all zero when unset.
+    pub ipv4: [u8; 4],
+    /// Static IPv4 default gateway; all zero when none.
+    pub ipv4_gateway: [u8; 4],
+    /// IPv4 prefix length (0..=32).
+    pub ipv4_prefix: u8,
+    /// IPv6 prefix length (0..=128) of `ipv6`.
+    pub ipv6_prefix: u8,
+    /// Reserved, zero.
+    pub _reserved: [u8; 2],
+    /// Static IPv6 address; all zero when unset (a link-local address
+    /// derived from the MAC is always configured).
+    pub ipv6: [u8; 16],
+    /// Static IPv6 default gateway; all zero when none.
+    pub ipv6_gateway: [u8; 16],
 }
 
 /// Magic value of [`BootInfo::magic`]: `"KILNBOOT"` read as a little-endian u64.
@@ -442,8 +529,9 @@ pub const MANIFEST_SIZE: usize = core::mem::size_of::<Manifest>();
 const _: () = assert!(core::mem::size_of::<ManifestDevice>() == 24);
 const _: () = assert!(MANIFEST_SIZE == 16 + 24 * MAX_DEVICES);
 const _: () = assert!(core::mem::align_of::<Manifest>() == 4);
-const _: () = assert!(core::mem::size_of::<DeviceInfo>() == 40);
-const _: () = assert!(core::mem::size_of::<BootInfo>() == 96 + 40 * MAX_DEVICES);
+const _: () = assert!(core::mem::size_of::<DeviceInfo>() == 40 + 48);
+const _: () = assert!(core::mem::size_of::<NetRingHeader>() == 64);
+const _: () = assert!(core::mem::size_of::<BootInfo>() == 96 + 88 * MAX_DEVICES);
 const _: () = assert!(core::mem::size_of::<ManifestNote>() == 20 + MANIFEST_SIZE);
 
 #[cfg(test)]

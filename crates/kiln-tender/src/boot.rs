@@ -74,6 +74,14 @@ impl BootBlock {
             out.extend_from_slice(&d.mac);
             out.extend_from_slice(&d._reserved);
             out.extend_from_slice(&d.capacity.to_le_bytes());
+            let n = &d.net;
+            out.extend_from_slice(&n.flags.to_le_bytes());
+            out.extend_from_slice(&n.ipv4);
+            out.extend_from_slice(&n.ipv4_gateway);
+            out.extend_from_slice(&[n.ipv4_prefix, n.ipv6_prefix]);
+            out.extend_from_slice(&n._reserved);
+            out.extend_from_slice(&n.ipv6);
+            out.extend_from_slice(&n.ipv6_gateway);
         }
         out.resize(info_size as usize, 0);
         for s in strings(cfg) {
@@ -105,5 +113,11 @@ mod tests {
         assert_eq!(offset_of!(BootInfo, devices), 96);
         assert_eq!(offset_of!(DeviceInfo, mac), 24);
         assert_eq!(offset_of!(DeviceInfo, capacity), 32);
+        assert_eq!(offset_of!(DeviceInfo, net), 40);
+        assert_eq!(std::mem::size_of::<DeviceInfo>(), 88);
+        use kiln_abi::NetConfig;
+        assert_eq!(offset_of!(NetConfig, ipv4_prefix), 12);
+        assert_eq!(offset_of!(NetConfig, ipv6), 16);
+        assert_eq!(offset_of!(NetConfig, ipv6_gateway), 32);
     }
 }

@@ -156,6 +156,11 @@ fn run<M: GuestMemory>(
             call.check("buffer", buf, len, number == nr::NET_READ)?;
             call.set(arg, 3, errno::ENODEV as u64)
         }
+        nr::NET_RINGS => {
+            call.args::<4>(arg)?;
+            // No tender offers rings yet: the guest keeps NET_READ/NET_WRITE.
+            call.set(arg, 3, errno::ENODEV as u64)
+        }
         nr::BLOCK_READ | nr::BLOCK_WRITE => {
             let [device, offset, buf, len, _] = call.args::<5>(arg)?;
             call.limit("buffer", len, BLOCK_IO_MAX)?;

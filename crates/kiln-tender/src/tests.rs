@@ -230,8 +230,21 @@ fn boot_block_round_trips() {
         stack_bottom: 0x40_0000,
         tsc_hz: 0,
     };
-    let bytes = block.build(&cfg, &[]).unwrap();
+    let mut dev = kiln_abi::DeviceInfo { kind: device::NET, unit: 1500, ..Default::default() };
+    dev.mac = [2, 0, 0, 0, 0, 1];
+    dev.net.ipv4 = [10, 0, 0, 2];
+    dev.net.ipv4_prefix = 24;
+    dev.net.ipv6_gateway[15] = 1;
+    let bytes = block.build(&cfg, &[dev]).unwrap();
     assert_eq!(bytes.len() as u64, BootBlock::size_needed(&cfg));
+    // The device as the guest will read it, field by field at ABI offsets.
+    let d = 96;
+    assert_eq!(&bytes[d..d + 8], &[1, 0, 0, 0, 0xdc, 0x05, 0, 0]);
+    assert_eq!(&bytes[d + 24..d + 30], &[2, 0, 0, 0, 0, 1]);
+    assert_eq!(&bytes[d + 44..d + 48], &[10, 0, 0, 2]);
+    assert_eq!(bytes[d + 52], 24);
+    assert_eq!(bytes[d + 72 + 15], 1);
+    assert_eq!(&bytes[d + 88..d + 96], &[0; 8], "second device slot is empty");
     let mem = VecMemory {
         base: 0x8000,
         bytes,
