@@ -104,8 +104,26 @@ extern "C" fn hypercall(nr: u64, arg: u64) {
 /// [`enter`].
 pub fn publish(instance: Instance) {
     let ptr = Box::into_raw(Box::new(instance));
+    // A previous instance can only be here if its start failed after
+    // publishing and `unpublish` was skipped; no guest ever used it.
     let old = INSTANCE.swap(ptr, Ordering::AcqRel);
-    assert!(old.is_null(), "spt runs one instance per process");
+    drop_instance(old);
+}
+
+/// Takes back the published instance when the guest will not start after
+/// all.
+pub fn unpublish() {
+    drop_instance(INSTANCE.swap(std::ptr::null_mut(), Ordering::AcqRel));
+}
+
+fn drop_instance(ptr: *mut Instance) {
+    if !ptr.is_null() {
+        // SAFETY: `ptr` came from `Box::into_raw` in `publish` and was just
+        // swapped out of INSTANCE, so nothing else can reach it; no guest ran
+        // with it (a running guest never lets `run` return), so no
+        // hypercall holds a reference.
+        drop(unsafe { Box::from_raw(ptr) });
+    }
 }
 
 /// Jumps to the guest's `entry` with `rsp = stack_top - 8` (≡ 8 mod 16, as

@@ -202,7 +202,10 @@ extern "C" fn on_fault(signal: i32, info: *mut libc::siginfo_t, context: *mut li
     if let Some(nr) = hypercall.checked_sub(1) {
         // Guest code does not run during a hypercall: this is the tender's
         // own fault (or a system call its filter lacks). Say so first.
-        sys::write_raw(2, b"kiln: spt: the following fault is the tender's, in hypercall ");
+        sys::write_raw(
+            2,
+            b"kiln: spt: the following fault is the tender's, in hypercall ",
+        );
         sys::write_raw(2, kiln_abi::nr::name(nr as u32).as_bytes());
         sys::write_raw(2, b"\n");
     }

@@ -37,6 +37,12 @@ impl Prot {
         write: true,
         exec: false,
     };
+    /// No access: guard pages.
+    pub const NONE: Prot = Prot {
+        read: false,
+        write: false,
+        exec: false,
+    };
     /// Read only.
     pub const R: Prot = Prot {
         read: true,
@@ -205,7 +211,9 @@ impl Layout {
             })?;
         let heap_end = image_end.checked_add(heap_size).ok_or(too_large.clone())?;
         let stack_bottom = heap_end.checked_add(PAGE_SIZE).ok_or(too_large.clone())?;
-        let top = stack_bottom.checked_add(stack_size).ok_or(too_large.clone())?;
+        let top = stack_bottom
+            .checked_add(stack_size)
+            .ok_or(too_large.clone())?;
         if top > HIGH_LIMIT {
             return Err(too_large);
         }

@@ -9,7 +9,7 @@
 //! caught by signal handlers and reported like hvt reports CPU exceptions.
 //!
 //! ```text
-//!  0x10000 ..  IMAGE_BASE   BootInfo block (r--)
+//!  .. IMAGE_BASE           BootInfo block (r--), just below the image
 //!  IMAGE_BASE ..            image segments (p_flags exactly, W^X)
 //!  image end ..             heap (rw-)          } mem_size
 //!                           guard page (---)    }   together
@@ -61,7 +61,9 @@ pub enum SptError {
     #[error(transparent)]
     Map(#[from] MapError),
     /// A segment's initialized bytes exceed its memory size.
-    #[error("segment {index} holds {file_size:#x} bytes of data but only {mem_size:#x} bytes of memory")]
+    #[error(
+        "segment {index} holds {file_size:#x} bytes of data but only {mem_size:#x} bytes of memory"
+    )]
     SegmentData {
         /// Program header index.
         index: usize,
@@ -92,11 +94,7 @@ pub fn run(cfg: RunConfig) -> Result<Infallible, SptError> {
     memory.push(Mapping::fixed(layout.heap, Prot::RW, true, "the heap")?);
     memory.push(Mapping::fixed(
         layout.guard,
-        Prot {
-            read: false,
-            write: false,
-            exec: false,
-        },
+        Prot::NONE,
         false,
         "the stack guard page",
     )?);
@@ -141,6 +139,7 @@ pub fn run(cfg: RunConfig) -> Result<Infallible, SptError> {
         mem: memory::SptMemory::new(Regions::from_layout(&layout)),
     });
     if let Err(e) = sandbox::install(&filter) {
+        entry::unpublish();
         handlers.restore();
         return Err(e.into());
     }
@@ -179,7 +178,9 @@ fn map_image(image: &Image, layout: &Layout) -> Result<Vec<Mapping>, SptError> {
         let what = format!("segment {} ({})", segment.index, segment.perms());
         let mut m = Mapping::fixed(plan.span, Prot::RW, false, &what)?;
         m.fill(0, data);
-        m.protect(plan.prot, &what)?;
+        if plan.prot != Prot::RW {
+            m.protect(plan.prot, &what)?;
+        }
         mappings.push(m);
     }
     Ok(mappings)

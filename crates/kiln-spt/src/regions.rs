@@ -173,18 +173,18 @@ mod tests {
         let l = layout();
         let r = Regions::from_layout(&l);
         for (addr, len) in [
-            (0, 8),                      // null page
-            (RODATA.end, 1),             // the gap page
-            (RODATA.end - 1, 2),         // straddles into the gap
-            (l.guard.start, 1),          // guard page
-            (l.heap.end - 4, 8),         // heap into guard
-            (l.stack.end - 4, 8),        // past the top of the stack
-            (l.stack.end, 1),            // just above
-            (l.boot.start - 1, 1),       // below the boot block
-            (0x5555_5555_0000, 16),      // the tender's binary
-            (0x7fff_ffff_0000, 16),      // the tender's stack
-            (u64::MAX - 3, 8),           // wraps around
-            (l.heap.start, u64::MAX),    // absurd length
+            (0, 8),                   // null page
+            (RODATA.end, 1),          // the gap page
+            (RODATA.end - 1, 2),      // straddles into the gap
+            (l.guard.start, 1),       // guard page
+            (l.heap.end - 4, 8),      // heap into guard
+            (l.stack.end - 4, 8),     // past the top of the stack
+            (l.stack.end, 1),         // just above
+            (l.boot.start - 1, 1),    // below the boot block
+            (0x5555_5555_0000, 16),   // the tender's binary
+            (0x7fff_ffff_0000, 16),   // the tender's stack
+            (u64::MAX - 3, 8),        // wraps around
+            (l.heap.start, u64::MAX), // absurd length
         ] {
             assert!(!r.allows(Access::Read, addr, len), "{addr:#x}+{len:#x}");
         }

@@ -220,7 +220,10 @@ const SYSCALLS: &[(i64, &str)] = syscall_table!(
 
 /// The name of x86-64 system call `nr`, if it is one the table knows.
 pub fn syscall_name(nr: i64) -> Option<&'static str> {
-    SYSCALLS.iter().find(|(n, _)| *n == nr).map(|(_, name)| *name)
+    SYSCALLS
+        .iter()
+        .find(|(n, _)| *n == nr)
+        .map(|(_, name)| *name)
 }
 
 #[cfg(test)]
@@ -268,7 +271,10 @@ mod tests {
         let d = |err, acc| classify(&segv(0x10_0000, err, acc), GUARD).detail;
         assert_eq!(d(0x7, true), "write to read-only memory");
         assert_eq!(d(0x6, false), "write to unmapped memory");
-        assert_eq!(d(0x15, true), "instruction fetch from non-executable memory");
+        assert_eq!(
+            d(0x15, true),
+            "instruction fetch from non-executable memory"
+        );
         assert_eq!(d(0x14, false), "instruction fetch from unmapped memory");
         assert_eq!(d(0x5, true), "read of inaccessible memory");
     }
@@ -293,7 +299,10 @@ mod tests {
             ..Trap::default()
         };
         let f = classify(&t(libc::SIGSEGV, 0x80, 13), GUARD);
-        assert_eq!((f.kind, f.addr, f.code), ("general protection fault", None, Some(13)));
+        assert_eq!(
+            (f.kind, f.addr, f.code),
+            ("general protection fault", None, Some(13))
+        );
         let f = classify(&t(libc::SIGILL, si::ILL_ILLOPN, 6), GUARD);
         assert_eq!((f.kind, f.code), ("invalid opcode", Some(6)));
         let f = classify(&t(libc::SIGFPE, si::FPE_INTDIV, 0), GUARD);
@@ -306,7 +315,10 @@ mod tests {
         assert_eq!(f.kind, "bus error");
         // kill -SEGV from outside: si_code SI_USER (0).
         let f = classify(&t(libc::SIGSEGV, 0, 0), GUARD);
-        assert_eq!((f.kind, f.detail), ("signal from another process", "SIGSEGV"));
+        assert_eq!(
+            (f.kind, f.detail),
+            ("signal from another process", "SIGSEGV")
+        );
     }
 
     #[test]

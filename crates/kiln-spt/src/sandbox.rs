@@ -22,8 +22,8 @@ use std::os::fd::RawFd;
 
 use kiln_abi::IMAGE_LIMIT;
 use seccompiler::{
-    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
 };
 
 /// Why the filter could not be built or installed.
@@ -65,7 +65,9 @@ pub fn filter(fds: &[RawFd]) -> Result<BpfProgram, SandboxError> {
     // calls are left out entirely when there is no device.
     if !fds.is_empty() {
         let on_devices = || -> Result<Vec<SeccompRule>, SandboxError> {
-            fds.iter().map(|&fd| rule(vec![eq(0, fd as u64)?])).collect()
+            fds.iter()
+                .map(|&fd| rule(vec![eq(0, fd as u64)?]))
+                .collect()
         };
         rules.insert(libc::SYS_pread64, on_devices()?);
         rules.insert(libc::SYS_pwrite64, on_devices()?);

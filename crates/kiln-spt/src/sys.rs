@@ -75,7 +75,8 @@ impl Mapping {
             end: span.end,
             source,
         };
-        let len = usize::try_from(span.len()).map_err(|_| err(io::ErrorKind::InvalidInput.into()))?;
+        let len =
+            usize::try_from(span.len()).map_err(|_| err(io::ErrorKind::InvalidInput.into()))?;
         // SAFETY: an anonymous mapping with MAP_FIXED_NOREPLACE never
         // replaces an existing mapping (the kernel fails with EEXIST
         // instead), so no memory that Rust code refers to can change under
@@ -206,7 +207,10 @@ impl Drop for Mapping {
         // SAFETY: the range is exactly a mapping this value created and
         // still owns; nothing refers into it once its owner is dropped.
         unsafe {
-            libc::munmap(self.span.start as *mut libc::c_void, self.span.len() as usize);
+            libc::munmap(
+                self.span.start as *mut libc::c_void,
+                self.span.len() as usize,
+            );
         }
     }
 }

@@ -382,7 +382,10 @@ guests! {
 fn image_bytes(code: &[u8], manifest: &Manifest) -> Vec<u8> {
     assert!(code.len() <= 0x1000, "guest code too long");
     let mut phs = synthetic::phs();
-    for p in phs.iter_mut().filter(|p| p.ptype == 1 && p.vaddr == IMAGE_BASE) {
+    for p in phs
+        .iter_mut()
+        .filter(|p| p.ptype == 1 && p.vaddr == IMAGE_BASE)
+    {
         *p = Ph {
             filesz: code.len() as u64,
             memsz: code.len() as u64,
@@ -556,14 +559,20 @@ fn cases() -> Vec<Case> {
             expect(
                 "write_boot_info",
                 CRASHED,
-                &["page fault (14) at address 0xff000,", "write to read-only memory"],
+                &[
+                    "page fault (14) at address 0xff000,",
+                    "write to read-only memory",
+                ],
             )
         }),
         ("stack_overflow", || {
             expect(
                 "stack_overflow",
                 CRASHED,
-                &["page fault (14)", "stack overflow (hit the guard page below the stack)"],
+                &[
+                    "page fault (14)",
+                    "stack overflow (hit the guard page below the stack)",
+                ],
             )
         }),
         ("exec_heap", || {
@@ -574,13 +583,25 @@ fn cases() -> Vec<Case> {
             )
         }),
         ("divide_by_zero", || {
-            expect("divide_by_zero", CRASHED, &["divide error (0)", "division by zero"])
+            expect(
+                "divide_by_zero",
+                CRASHED,
+                &["divide error (0)", "division by zero"],
+            )
         }),
         ("invalid_opcode", || {
-            expect("invalid_opcode", CRASHED, &["invalid opcode (6), rip 0x100000"])
+            expect(
+                "invalid_opcode",
+                CRASHED,
+                &["invalid opcode (6), rip 0x100000"],
+            )
         }),
         ("privileged", || {
-            expect("privileged", CRASHED, &["general protection fault (13), rip 0x100000"])
+            expect(
+                "privileged",
+                CRASHED,
+                &["general protection fault (13), rip 0x100000"],
+            )
         }),
         ("raw_getpid", || {
             expect(
@@ -590,10 +611,18 @@ fn cases() -> Vec<Case> {
             )
         }),
         ("raw_mprotect", || {
-            expect("raw_mprotect", CRASHED, &["forbidden system call (10)", "mprotect"])
+            expect(
+                "raw_mprotect",
+                CRASHED,
+                &["forbidden system call (10)", "mprotect"],
+            )
         }),
         ("raw_write_fd3", || {
-            expect("raw_write_fd3", CRASHED, &["forbidden system call (1)", ": write"])
+            expect(
+                "raw_write_fd3",
+                CRASHED,
+                &["forbidden system call (1)", ": write"],
+            )
         }),
         ("raw_write_stdout", || {
             let r = run("raw_write_stdout", None);
@@ -609,20 +638,30 @@ fn cases() -> Vec<Case> {
             Ok(())
         }),
         ("raw_exit", || {
-            expect("raw_exit", CRASHED, &["forbidden system call (231)", "exit_group"])
+            expect(
+                "raw_exit",
+                CRASHED,
+                &["forbidden system call (231)", "exit_group"],
+            )
         }),
         ("int80", || {
             expect(
                 "int80",
                 CRASHED,
-                &["forbidden system call (20)", "32-bit system call (int 0x80)"],
+                &[
+                    "forbidden system call (20)",
+                    "32-bit system call (int 0x80)",
+                ],
             )
         }),
         ("wild_buffer", || {
             expect(
                 "wild_buffer",
                 CRASHED,
-                &["kiln: instance stopped: hypercall CONSOLE_WRITE: buffer at 0x", "is not readable guest memory"],
+                &[
+                    "kiln: instance stopped: hypercall CONSOLE_WRITE: buffer at 0x",
+                    "is not readable guest memory",
+                ],
             )
         }),
         ("wild_arg", || {
@@ -643,7 +682,11 @@ fn cases() -> Vec<Case> {
             expect("wide_number", CRASHED, &["unknown hypercall number"])
         }),
         ("abort", || {
-            expect("abort", EXIT_ABORTED, &["kiln: instance aborted: bye?[0m!\n"])
+            expect(
+                "abort",
+                EXIT_ABORTED,
+                &["kiln: instance aborted: bye?[0m!\n"],
+            )
         }),
         ("hostile_call", || {
             let r = run("hostile_call", None);
@@ -683,11 +726,10 @@ fn main() {
         let dir = PathBuf::from(args.get(i + 1).expect("--dump DIR"));
         std::fs::create_dir_all(&dir).unwrap();
         for (name, _) in cases() {
-            if let Some(guest) = name.strip_prefix("clash").map(|_| "hello").or(Some(name)) {
-                let p = dir.join(format!("{name}.kiln"));
-                std::fs::write(&p, image_bytes(code(guest), &manifest(guest))).unwrap();
-                println!("{}", p.display());
-            }
+            let guest = if name == "clash" { "hello" } else { name };
+            let p = dir.join(format!("{name}.kiln"));
+            std::fs::write(&p, image_bytes(code(guest), &manifest(guest))).unwrap();
+            println!("{}", p.display());
         }
         return;
     }
