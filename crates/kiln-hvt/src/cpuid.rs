@@ -18,7 +18,7 @@
 //! Not offered: XSAVE/AVX (CR4.OSXSAVE is off), SYSCALL (EFER.SCE is off),
 //! RDTSCP, x2APIC, and everything an operating system must enable first.
 
-use std::arch::x86_64::{CpuidResult, __cpuid};
+use std::arch::x86_64::{__cpuid, CpuidResult};
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
@@ -38,14 +38,8 @@ const LEAF1_EDX: u32 = (1 << 0)
     | (1 << 25)
     | (1 << 26);
 /// Leaf 1 ECX: SSE3, PCLMULQDQ, SSSE3, CX16, SSE4.1, SSE4.2, POPCNT, AES.
-const LEAF1_ECX: u32 = (1 << 0)
-    | (1 << 1)
-    | (1 << 9)
-    | (1 << 13)
-    | (1 << 19)
-    | (1 << 20)
-    | (1 << 23)
-    | (1 << 25);
+const LEAF1_ECX: u32 =
+    (1 << 0) | (1 << 1) | (1 << 9) | (1 << 13) | (1 << 19) | (1 << 20) | (1 << 23) | (1 << 25);
 /// Leaf 1 ECX bit 31: running under a hypervisor.
 const HYPERVISOR: u32 = 1 << 31;
 /// Leaf 0x8000_0001 EDX: NX, LM.

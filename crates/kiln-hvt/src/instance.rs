@@ -1,6 +1,7 @@
 //! Setting up one instance: VM, guest memory with the image and the
 //! tender's structures, the vCPU, the sandbox.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kiln_abi::tender;
@@ -8,7 +9,9 @@ use kiln_tender::{BootBlock, Host, RunConfig};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::layout::{Layout, GDT_ADDR, IDT_ADDR, PAGE_TABLES_BASE, RING0_STACK_TOP, STUBS_PAGE, TSS_ADDR};
+use crate::layout::{
+    Layout, GDT_ADDR, IDT_ADDR, PAGE_TABLES_BASE, RING0_STACK_TOP, STUBS_PAGE, TSS_ADDR,
+};
 use crate::vcpu::{self, KvmError};
 use crate::{paging, seccomp, x86, HvtError};
 
@@ -17,7 +20,7 @@ use crate::{paging, seccomp, x86, HvtError};
 pub struct Timings {
     /// Opening the instance's devices.
     pub host: Duration,
-    /// Opening /dev/kvm and creating the VM.
+    /// Opening /dev/kvm and creating the VM (0 when `probe` made it).
     pub vm: Duration,
     /// Allocating and registering guest memory.
     pub memory: Duration,
@@ -58,6 +61,34 @@ fn write(
         .map_err(|source| HvtError::Load { what, addr, source })
 }
 
+/// A VM made by [`crate::probe`], kept for the [`crate::run`] that
+/// usually follows (`kiln run --tender auto`), so that one process never
+/// creates two VMs.
+static PROBED: Mutex<Option<(Kvm, VmFd, Instant)>> = Mutex::new(None);
+
+/// Creates a VM and keeps it for the next [`Instance::create`].
+pub fn probe() -> Result<(), KvmError> {
+    let created = Instant::now();
+    let (kvm, vm) = create_vm()?;
+    if let Ok(mut slot) = PROBED.lock() {
+        *slot = Some((kvm, vm, created));
+    }
+    Ok(())
+}
+
+/// The probed VM if there is one, else a new one; with its creation time.
+fn take_or_create_vm() -> Result<(Kvm, VmFd, Instant), KvmError> {
+    let probed = PROBED.lock().ok().and_then(|mut slot| slot.take());
+    match probed {
+        Some(vm) => Ok(vm),
+        None => {
+            let created = Instant::now();
+            let (kvm, vm) = create_vm()?;
+            Ok((kvm, vm, created))
+        }
+    }
+}
+
 /// Opens /dev/kvm and creates an empty VM.
 pub fn create_vm() -> Result<(Kvm, VmFd), KvmError> {
     let kvm = Kvm::new().map_err(|source| KvmError {
@@ -91,17 +122,21 @@ impl Instance {
         )?;
         lap(&mut t.host);
 
-        let created = Instant::now();
-        let (kvm, vm) = create_vm()?;
+        // Memory is declared before the VM so that, on an error return, the
+        // VM (which refers to it) is dropped first.
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), layout.mem_size as usize)])
+                .map_err(|source| HvtError::Memory {
+                    size: layout.mem_size,
+                    source,
+                })?;
+        let mut mmap_time = Duration::ZERO;
+        lap(&mut mmap_time);
+        let (kvm, vm, created) = take_or_create_vm()?;
         lap(&mut t.vm);
-
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), layout.mem_size as usize)])
-            .map_err(|source| HvtError::Memory {
-                size: layout.mem_size,
-                source,
-            })?;
         vcpu::register_memory(&vm, &mem, layout.mem_size)?;
         lap(&mut t.memory);
+        t.memory += mmap_time;
 
         // Fresh anonymous memory is zero: only the file bytes are copied,
         // bss and every gap stay zero.

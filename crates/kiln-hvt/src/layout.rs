@@ -22,7 +22,7 @@
 //! The image runs at CPL3, so it can neither read nor write the supervisor
 //! pages, and nothing maps the page tables, so it cannot even name them.
 //! The same permission list drives the hypercall memory checks
-//! ([`crate::memory`]): a hypercall may read only what the image itself can
+//! (the `memory` module): a hypercall may read only what the image itself can
 //! read and write only what it can write.
 
 use kiln_abi::{IMAGE_BASE, IMAGE_LIMIT, MAX_STACK_SIZE, PAGE_SIZE};

@@ -39,7 +39,9 @@ pub fn allowed(mappings: &[Mapping], addr: u64, len: u64, write: bool) -> bool {
     };
     if len == 0 {
         // Nothing is accessed; still require a sane address.
-        return mappings.iter().any(|m| m.perm.user && m.start <= addr && addr <= m.end);
+        return mappings
+            .iter()
+            .any(|m| m.perm.user && m.start <= addr && addr <= m.end);
     }
     let mut at = addr;
     let mut i = mappings.partition_point(|m| m.end <= at);
@@ -102,7 +104,15 @@ mod tests {
     fn tender_area_is_out_of_reach_except_boot_info_reads() {
         let l = layout();
         let m = &l.mappings;
-        for addr in [0, 8, GDT_ADDR, STUBS_PAGE, 0x3ff0, PAGE_TABLES_BASE, 0x8_0000] {
+        for addr in [
+            0,
+            8,
+            GDT_ADDR,
+            STUBS_PAGE,
+            0x3ff0,
+            PAGE_TABLES_BASE,
+            0x8_0000,
+        ] {
             assert!(!allowed(m, addr, 8, false), "{addr:#x}");
             assert!(!allowed(m, addr, 8, true), "{addr:#x}");
         }

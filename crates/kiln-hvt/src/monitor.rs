@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use kiln_abi::{HVT_PORT_BASE, PAGE_SIZE};
-use kiln_tender::{dispatch, Control, Fault, Message, Outcome};
+use kiln_tender::{dispatch, Control, Fault, Message, Outcome, Violation};
 use kvm_ioctls::VcpuExit;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -31,8 +31,10 @@ fn failure(args: std::fmt::Arguments<'_>) -> Outcome {
     Outcome::TenderFailure(m)
 }
 
-/// The highest port a hypercall's 4-byte `out` may name
-/// (see [`x86::IO_ALLOWED_LAST`]).
+/// The hypercall number of an exit on `port`, for every port the I/O bitmap
+/// can let through to the monitor besides the fault port: from
+/// `HVT_PORT_BASE` to [`x86::IO_ALLOWED_LAST`]. Numbers without a hypercall
+/// are left to `dispatch`, which reports them.
 fn hypercall_number(port: u16) -> Option<u32> {
     (HVT_PORT_BASE..=x86::IO_ALLOWED_LAST)
         .contains(&port)
@@ -189,6 +191,23 @@ fn exception(inst: &Instance, vector: u8) -> Outcome {
             frame.rip
         ));
     }
+    // A hypercall to a number beyond the bitmap's window: `out dx, eax`
+    // with dx past the last hypercall port raises #GP. When dx is within
+    // 256 ports of HVT_PORT_BASE, report it the way dispatch reports
+    // unknown numbers (and spt does).
+    if vector == GP
+        && frame.error_code == Some(0)
+        && instruction_at(inst, frame.rip).is_some_and(|b| b[0] == 0xef)
+    {
+        let number = (regs.rdx as u16).wrapping_sub(HVT_PORT_BASE);
+        if number < 0x100 {
+            let number = u32::from(number);
+            return Outcome::Violation {
+                hypercall: kiln_abi::nr::name(number),
+                reason: Violation::UnknownNumber(number),
+            };
+        }
+    }
     Outcome::Fault(describe(inst, vector, &frame, sregs.cr2, regs.rcx))
 }
 
@@ -196,7 +215,7 @@ fn exception(inst: &Instance, vector: u8) -> Outcome {
 /// stack page.
 fn read_frame(inst: &Instance, vector: u8, rsp: u64) -> Option<ExceptionFrame> {
     let words_needed = if fault::has_error_code(vector) { 6 } else { 5 };
-    if rsp < RING0_STACK_PAGE || rsp + words_needed * 8 > RING0_STACK_TOP {
+    if rsp < RING0_STACK_PAGE || rsp.saturating_add(words_needed * 8) > RING0_STACK_TOP {
         return None;
     }
     let mut bytes = [0u8; MAX_FRAME_WORDS * 8];
@@ -308,7 +327,7 @@ pub fn report(inst: &Instance, stats: &Stats, started: Instant) {
     }
     let _ = writeln!(
         m,
-        "kiln-hvt: {} exits, {:.3} ms total ({:.3} ms since VM creation)",
+        "kiln-hvt: {} exits; {:.3} ms from the start of setup, {:.3} ms from VM creation",
         stats.exits,
         started.elapsed().as_secs_f64() * 1e3,
         inst.created.elapsed().as_secs_f64() * 1e3,
@@ -323,11 +342,19 @@ mod tests {
 
     #[test]
     fn hypercall_ports() {
+        let count = nr::COUNT as u16;
         assert_eq!(hypercall_number(HVT_PORT_BASE), Some(0));
         assert_eq!(hypercall_number(HVT_PORT_BASE + 1), Some(nr::CONSOLE_WRITE));
-        assert_eq!(hypercall_number(HVT_PORT_BASE + 9), Some(nr::ABORT));
-        assert_eq!(hypercall_number(HVT_PORT_BASE + 12), Some(12));
-        assert_eq!(hypercall_number(HVT_PORT_BASE + 13), None);
+        assert_eq!(
+            hypercall_number(HVT_PORT_BASE + count - 1),
+            Some(nr::COUNT - 1)
+        );
+        // The three ports the last hypercall's 4-byte access also covers.
+        assert_eq!(
+            hypercall_number(HVT_PORT_BASE + count + 2),
+            Some(nr::COUNT + 2)
+        );
+        assert_eq!(hypercall_number(HVT_PORT_BASE + count + 3), None);
         assert_eq!(hypercall_number(x86::FAULT_PORT), None);
     }
 }

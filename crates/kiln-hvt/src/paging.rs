@@ -275,7 +275,10 @@ mod tests {
         ];
         let l = Layout::new(&segs, 8 << 20, 64 << 10, 5000).unwrap();
         let t = build(&l.mappings, l.mem_size, PAGE_TABLES_BASE);
-        assert_eq!(t.bytes.len(), crate::paging::tables_needed(&l.mappings, l.mem_size) * 4096);
+        assert_eq!(
+            t.bytes.len(),
+            crate::paging::tables_needed(&l.mappings, l.mem_size) * 4096
+        );
         for page in (0..l.mem_size + (4 << 20)).step_by(4096) {
             let want = l.mapping_at(page).map(|m| m.perm);
             assert_eq!(perm_at(&t, page), want, "page {page:#x}");

@@ -214,6 +214,41 @@ mod tests {
         );
     }
 
+    /// In a child process: install the filter, make a forbidden call, and
+    /// check the report and the exit status.
+    #[test]
+    fn blocked_call_is_reported() {
+        const CASE: &str = "KILN_HVT_SECCOMP_CHILD";
+        if std::env::var_os(CASE).is_some() {
+            let filter = build(1000, &[]).unwrap();
+            install(&filter).unwrap();
+            // Allowed: write to stderr.
+            let _ = kiln_tender::sys::write_all(2, b"sandboxed\n");
+            // Forbidden: getpid.
+            // SAFETY: getpid has no arguments and no memory effects.
+            unsafe { libc::getpid() };
+            unreachable!("getpid returned under the filter");
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "seccomp::tests::blocked_call_is_reported",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(CASE, "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(i32::from(kiln_abi::EXIT_CRASHED)),
+            "{stderr}"
+        );
+        assert!(stderr.contains("sandboxed\n"), "{stderr}");
+        let want = format!("system call {} is not allowed", libc::SYS_getpid);
+        assert!(stderr.contains(&want), "{stderr}");
+    }
+
     #[test]
     fn filter_compiles_with_and_without_disks() {
         assert!(!build(5, &[]).unwrap().is_empty());

@@ -52,13 +52,13 @@ pub fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap, size: u64) -> Result<()
         userspace_addr: host as u64,
     };
     // SAFETY: `host` is the start of the anonymous mapping of `size` bytes
-    // that `mem` owns; `mem` outlives the VM (both live in `run`'s frame
-    // until the process exits through `finish`), so KVM never sees a
-    // dangling mapping, and slot 0 is registered only once.
-    kvm(
-        "KVM_SET_USER_MEMORY_REGION",
-        unsafe { vm.set_user_memory_region(region) },
-    )
+    // that `mem` owns. The caller keeps `mem` alive longer than the VM
+    // (`Instance` drops the VM first; the run loop ends the process through
+    // `finish`), so KVM never maps a dangling range, and slot 0 is
+    // registered once per VM.
+    kvm("KVM_SET_USER_MEMORY_REGION", unsafe {
+        vm.set_user_memory_region(region)
+    })
 }
 
 fn user_segment(selector: u16, code: bool) -> kvm_segment {
@@ -157,10 +157,12 @@ pub fn configure_msrs(vcpu: &VcpuFd) -> Result<(), KvmError> {
         data: SYSCALL_TRAP,
         ..Default::default()
     };
-    let msrs = kvm_bindings::Msrs::from_entries(&[entry(MSR_LSTAR), entry(MSR_CSTAR)])
-        .map_err(|_| KvmError {
-            what: "KVM_SET_MSRS (building the list)",
-            source: kvm_ioctls::Error::new(libc::EINVAL),
+    let msrs =
+        kvm_bindings::Msrs::from_entries(&[entry(MSR_LSTAR), entry(MSR_CSTAR)]).map_err(|_| {
+            KvmError {
+                what: "KVM_SET_MSRS (building the list)",
+                source: kvm_ioctls::Error::new(libc::EINVAL),
+            }
         })?;
     let set = kvm("KVM_SET_MSRS", vcpu.set_msrs(&msrs))?;
     if set != 2 {

@@ -287,10 +287,9 @@ mod tests {
     #[test]
     fn io_bitmap_admits_only_the_hypercall_ports() {
         let t = tss(0x4000);
-        let allowed: Vec<u16> = (0..=u16::MAX)
-            .filter(|&p| tss_allows_port(&t, p))
-            .collect();
-        let expected: Vec<u16> = (HVT_PORT_BASE + 1..=HVT_PORT_BASE + nr::COUNT as u16 + 2).collect();
+        let allowed: Vec<u16> = (0..=u16::MAX).filter(|&p| tss_allows_port(&t, p)).collect();
+        let expected: Vec<u16> =
+            (HVT_PORT_BASE + 1..=HVT_PORT_BASE + nr::COUNT as u16 + 2).collect();
         assert_eq!(allowed, expected);
         // Every hypercall's 4-byte access is fully admitted.
         for n in 1..nr::COUNT as u16 {

@@ -41,8 +41,8 @@ fn data(arg: &[u64], halt: u64, bytes: &[u8]) -> Vec<u8> {
     d
 }
 
-fn image(code: &[u8], data: &[u8]) -> Vec<u8> {
-    let note = note_bytes(&Manifest::new());
+fn image(code: &[u8], data: &[u8], manifest: &Manifest) -> Vec<u8> {
+    let note = note_bytes(manifest);
     let phs = [
         Ph {
             ptype: 1,
@@ -85,16 +85,30 @@ struct Ended {
 /// Boots `code` + `data` in a child process; `None` when KVM is unavailable
 /// (or in a child running another case).
 fn boot(case: &str, code: &[u8], data: &[u8]) -> Option<Ended> {
+    boot_with(case, code, data, &Manifest::new(), &[])
+}
+
+/// [`boot`] with a manifest and block devices.
+fn boot_with(
+    case: &str,
+    code: &[u8],
+    data: &[u8],
+    manifest: &Manifest,
+    disks: &[(&str, &std::path::Path)],
+) -> Option<Ended> {
     if let Ok(wanted) = std::env::var("KILN_HVT_CASE") {
         if wanted != case {
             return None;
         }
         let cfg = RunConfig {
-            image: Image::parse(image(code, data)).expect("synthetic image is valid"),
+            image: Image::parse(image(code, data, manifest)).expect("synthetic image is valid"),
             args: vec!["test".into()],
             env: vec![],
             mem_size: MEM,
-            disks: vec![],
+            disks: disks
+                .iter()
+                .map(|(n, p)| (n.to_string(), p.to_path_buf()))
+                .collect(),
             verbose: true,
         };
         match kiln_hvt::run(cfg) {
@@ -159,7 +173,7 @@ fn hello() {
     };
     assert!(e.stdout.contains("hello from hvt\n"), "{}", e.stdout);
     assert_eq!(e.status, 7, "{}", e.stderr);
-    assert!(e.stderr.contains("kiln-hvt: 2 exits"), "{}", e.stderr);
+    assert!(e.stderr.contains("kiln-hvt: 2 exits;"), "{}", e.stderr);
 }
 
 /// Checks BootInfo, the entry registers, SSE and the heap from inside the
@@ -168,10 +182,37 @@ fn hello() {
 fn entry_state() {
     #[rustfmt::skip]
     const CHECKS: &[u8] = &[0x31, 0xdb, 0x48, 0xb9, 0x4b, 0x49, 0x4c, 0x4e, 0x42, 0x4f, 0x4f, 0x54, 0x48, 0x39, 0x0f, 0x74, 0x03, 0x83, 0xcb, 0x01, 0x48, 0xb9, 0x01, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x48, 0x39, 0x4f, 0x08, 0x74, 0x03, 0x83, 0xcb, 0x02, 0x48, 0x83, 0x7f, 0x10, 0x00, 0x75, 0x07, 0x48, 0x83, 0x7f, 0x30, 0x01, 0x74, 0x03, 0x83, 0xcb, 0x04, 0x48, 0x89, 0xe0, 0x83, 0xe0, 0x0f, 0x83, 0xf8, 0x08, 0x74, 0x03, 0x83, 0xcb, 0x08, 0x48, 0x81, 0xfc, 0xf8, 0xff, 0xff, 0x01, 0x74, 0x03, 0x83, 0xcb, 0x10, 0x48, 0x81, 0x7f, 0x28, 0x00, 0x00, 0xfc, 0x01, 0x74, 0x03, 0x83, 0xcb, 0x20, 0x66, 0x0f, 0xef, 0xc0, 0xb8, 0x00, 0x00, 0x80, 0x3f, 0x66, 0x0f, 0x6e, 0xc8, 0xf3, 0x0f, 0x58, 0xc1, 0xf3, 0x0f, 0x58, 0xc1, 0x66, 0x0f, 0x7e, 0xc0, 0x3d, 0x00, 0x00, 0x00, 0x40, 0x74, 0x03, 0x83, 0xcb, 0x40, 0x48, 0x8b, 0x47, 0x18, 0x48, 0xc7, 0x00, 0x34, 0x12, 0x00, 0x00, 0x48, 0x81, 0x38, 0x34, 0x12, 0x00, 0x00, 0x74, 0x06, 0x81, 0xcb, 0x80, 0x00, 0x00, 0x00, 0x48, 0x89, 0x1c, 0x25, 0x20, 0x10, 0x10, 0x00, 0xb8, 0x20, 0x10, 0x10, 0x00, 0x66, 0xba, 0x08, 0x05, 0xef, 0xf4];
-    let Some(e) = boot("entry_state", CHECKS, &data(&[], 0xff, &[])) else {
+    // Bytes 22..30: the immediate compared with BootInfo's abi_version and
+    // tender fields.
+    let mut code = CHECKS.to_vec();
+    let version = u64::from(kiln_abi::ABI_VERSION) | u64::from(kiln_abi::tender::HVT) << 32;
+    code[22..30].copy_from_slice(&version.to_le_bytes());
+    let Some(e) = boot("entry_state", &code, &data(&[], 0xff, &[])) else {
         return;
     };
-    assert_eq!(e.status, 0, "failed checks (bits): {:#b}\n{}", e.status, e.stderr);
+    assert_eq!(
+        e.status, 0,
+        "failed checks (bits): {:#b}\n{}",
+        e.status, e.stderr
+    );
+}
+
+/// The x87 and SSE control words are at their reset values (MXCSR 0x1f80,
+/// FCW 0x37f: all exceptions masked) without the monitor setting them.
+#[test]
+fn fpu_state() {
+    // sub rsp, 8; stmxcsr [rsp]; bit 0 unless 0x1f80; fnstcw [rsp];
+    // bit 1 unless 0x37f; HALT with the bits.
+    #[rustfmt::skip]
+    const FPU_STATE: &[u8] = &[0x48, 0x83, 0xec, 0x08, 0x0f, 0xae, 0x1c, 0x24, 0x31, 0xdb, 0x81, 0x3c, 0x24, 0x80, 0x1f, 0x00, 0x00, 0x74, 0x03, 0x83, 0xcb, 0x01, 0xd9, 0x3c, 0x24, 0x66, 0x81, 0x3c, 0x24, 0x7f, 0x03, 0x74, 0x03, 0x83, 0xcb, 0x02, 0x48, 0x89, 0x1c, 0x25, 0x20, 0x10, 0x10, 0x00, 0xb8, 0x20, 0x10, 0x10, 0x00, 0x66, 0xba, 0x08, 0x05, 0xef, 0xf4];
+    let Some(e) = boot("fpu_state", FPU_STATE, &data(&[], 0xff, &[])) else {
+        return;
+    };
+    assert_eq!(
+        e.status, 0,
+        "failed checks (bits): {:#b}\n{}",
+        e.status, e.stderr
+    );
 }
 
 #[test]
@@ -181,7 +222,10 @@ fn null_deref() {
         "null_deref",
         &[0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0],
         &[],
-        &["page fault (14) at address 0x0, rip 0x100000", "null pointer"],
+        &[
+            "page fault (14) at address 0x0, rip 0x100000",
+            "null pointer",
+        ],
     );
 }
 
@@ -192,7 +236,10 @@ fn write_text() {
         "write_text",
         &[0xc6, 0x04, 0x25, 0x00, 0x00, 0x10, 0x00, 0x01],
         &[],
-        &["page fault (14) at address 0x100000", "write, protection violation"],
+        &[
+            "page fault (14) at address 0x100000",
+            "write, protection violation",
+        ],
     );
 }
 
@@ -203,7 +250,10 @@ fn execute_data() {
         "execute_data",
         &[0xb8, 0x00, 0x10, 0x10, 0x00, 0xff, 0xe0],
         &[0xc3],
-        &["page fault (14) at address 0x101000, rip 0x101000", "instruction fetch, protection violation"],
+        &[
+            "page fault (14) at address 0x101000, rip 0x101000",
+            "instruction fetch, protection violation",
+        ],
     );
 }
 
@@ -214,7 +264,10 @@ fn read_tender_tables() {
         "read_tender_tables",
         &[0x48, 0x8b, 0x04, 0x25, 0x00, 0x10, 0x00, 0x00],
         &[],
-        &["page fault (14) at address 0x1000", "read, protection violation"],
+        &[
+            "page fault (14) at address 0x1000",
+            "read, protection violation",
+        ],
     );
 }
 
@@ -236,7 +289,10 @@ fn write_boot_info() {
         "write_boot_info",
         &[0xc6, 0x07, 0x00],
         &[],
-        &["page fault (14) at address 0xff000", "write, protection violation"],
+        &[
+            "page fault (14) at address 0xff000",
+            "write, protection violation",
+        ],
     );
 }
 
@@ -247,7 +303,10 @@ fn stack_overflow() {
         "stack_overflow",
         &[0x50, 0xeb, 0xfd],
         &[],
-        &["page fault (14) at address 0x1fbfff8", "stack overflow into the guard page"],
+        &[
+            "page fault (14) at address 0x1fbfff8",
+            "stack overflow into the guard page",
+        ],
     );
 }
 
@@ -304,7 +363,11 @@ fn forbidden_port() {
         "forbidden_port",
         &[0xb0, 0x01, 0xe6, 0x80],
         &[],
-        &["general protection fault (13)", "rip 0x100002", "port I/O outside"],
+        &[
+            "general protection fault (13)",
+            "rip 0x100002",
+            "port I/O outside",
+        ],
     );
 }
 
@@ -315,7 +378,11 @@ fn forged_fault_report() {
         "forged_fault_report",
         &[0xb0, 0x0e, 0xe6, 0xfa],
         &[],
-        &["general protection fault (13)", "rip 0x100002", "port I/O outside"],
+        &[
+            "general protection fault (13)",
+            "rip 0x100002",
+            "port I/O outside",
+        ],
     );
 }
 
@@ -355,12 +422,15 @@ fn input_from_hypercall_port() {
 #[test]
 fn unknown_hypercall() {
     // A 4-byte access to HVT_PORT_BASE + COUNT touches a port beyond the
-    // bitmap's window, so the CPU refuses it.
+    // bitmap's window, so the CPU refuses it with #GP; the monitor names it.
     crashes(
         "unknown_hypercall",
         &halt_after(hypercall(nr::COUNT, DATA)),
         &data(&[], 0, &[]),
-        &["general protection fault (13)", "port I/O outside"],
+        &[&format!(
+            "hypercall UNKNOWN: unknown hypercall number {}",
+            nr::COUNT
+        )],
     );
 }
 
@@ -370,7 +440,17 @@ fn hypercall_zero() {
         "hypercall_zero",
         &halt_after(hypercall(0, DATA)),
         &data(&[], 0, &[]),
-        &["general protection fault (13)", "port I/O outside"],
+        &["hypercall UNKNOWN: unknown hypercall number 0"],
+    );
+}
+
+#[test]
+fn far_hypercall_number() {
+    crashes(
+        "far_hypercall_number",
+        &halt_after(hypercall(77, DATA)),
+        &data(&[], 0, &[]),
+        &["hypercall UNKNOWN: unknown hypercall number 77"],
     );
 }
 
@@ -418,7 +498,10 @@ fn hypercall_writes_into_text() {
         "hypercall_writes_into_text",
         &halt_after(hypercall(nr::CLOCK, TEXT)),
         &data(&[], 0, &[]),
-        &["hypercall CLOCK: argument struct at 0x100000", "not writable"],
+        &[
+            "hypercall CLOCK: argument struct at 0x100000",
+            "not writable",
+        ],
     );
 }
 
@@ -431,7 +514,11 @@ fn abort_reports_the_message() {
         return;
     };
     assert_eq!(e.status, i32::from(kiln_abi::EXIT_ABORTED), "{}", e.stderr);
-    assert!(e.stderr.contains("instance aborted: something broke"), "{}", e.stderr);
+    assert!(
+        e.stderr.contains("instance aborted: something broke"),
+        "{}",
+        e.stderr
+    );
 }
 
 #[test]
@@ -445,5 +532,54 @@ fn clock_and_poll() {
         return;
     };
     assert_eq!(e.status, 3, "{}", e.stderr);
-    assert!(e.stderr.contains("kiln-hvt: 3 exits"), "{}", e.stderr);
+    assert!(e.stderr.contains("kiln-hvt: 3 exits;"), "{}", e.stderr);
+}
+
+#[test]
+fn block_device_under_the_sandbox() {
+    // BLOCK_WRITE 512 bytes to sector 0, BLOCK_READ sector 1, print 16 of
+    // its bytes, HALT 5: pread64/pwrite64 on the disk's fd pass the filter.
+    // Named after the parent test process, which creates and removes it.
+    let child = std::env::var_os("KILN_HVT_CASE").is_some();
+    let owner = if child {
+        std::os::unix::process::parent_id()
+    } else {
+        std::process::id()
+    };
+    let disk = std::env::temp_dir().join(format!("kiln-hvt-test-{owner}.img"));
+    if !child {
+        let mut content = vec![0u8; 1024];
+        content[512..528].copy_from_slice(b"disk says hello\n");
+        std::fs::write(&disk, &content).unwrap();
+    }
+    let mut code = hypercall(nr::BLOCK_WRITE, DATA);
+    code.extend(hypercall(nr::BLOCK_READ, DATA + 0x30));
+    code.extend(hypercall(nr::CONSOLE_WRITE, DATA + 0x60));
+    code.extend(hypercall(nr::HALT, DATA + 0x80));
+    code.push(0xf4);
+    let mut d = vec![0u8; 0x600];
+    d[..0x28].copy_from_slice(&words(&[0, 0, DATA + 0x200, 512, 0]));
+    d[0x30..0x58].copy_from_slice(&words(&[0, 512, DATA + 0x400, 512, 0]));
+    d[0x60..0x70].copy_from_slice(&words(&[DATA + 0x400, 16]));
+    d[0x80..0x88].copy_from_slice(&words(&[5]));
+    for (i, b) in d[0x200..0x400].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let manifest = Manifest::new().with_device(kiln_abi::device::BLOCK, "data");
+    let ended = boot_with(
+        "block_device_under_the_sandbox",
+        &code,
+        &d,
+        &manifest,
+        &[("data", &disk)],
+    );
+    let written = std::fs::read(&disk);
+    let _ = std::fs::remove_file(&disk);
+    let Some(e) = ended else {
+        return;
+    };
+    assert_eq!(e.status, 5, "{}", e.stderr);
+    assert!(e.stdout.contains("disk says hello\n"), "{}", e.stdout);
+    let written = written.unwrap();
+    assert_eq!(&written[..512], &d[0x200..0x400]);
 }
