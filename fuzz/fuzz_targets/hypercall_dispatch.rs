@@ -19,6 +19,7 @@ fn config() -> &'static RunConfig {
         env: Vec::new(),
         mem_size: 1 << 20,
         disks: Vec::new(),
+        net: Default::default(),
         verbose: false,
     })
 }

@@ -44,7 +44,9 @@ enum Command {
     #[command(after_help = "Examples:\n  \
         kiln run examples/hello -- a b c\n  \
         kiln run --tender hvt --mem 64M -e GREETING=hi target/kiln/hello.kiln\n  \
-        kiln run --disk data=disk.img target/kiln/store.kiln")]
+        kiln run --disk data=disk.img target/kiln/store.kiln\n  \
+        kiln run -p 8080:80 examples/http     then: curl http://127.0.0.1:8080/\n  \
+        kiln run --net tap:kiln0 --ip 10.0.0.2/24 --gateway 10.0.0.1 examples/http")]
     Run(run::RunArgs),
     /// Show an image's ABI version, entry point, segments, manifest and size.
     Inspect {

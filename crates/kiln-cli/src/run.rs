@@ -5,7 +5,9 @@ use crate::size::parse_size;
 use crate::{chain, report};
 use kiln_abi::EXIT_TENDER_ERROR;
 use kiln_image::Image;
+use kiln_tender::net::{Attach, Ipv4Cidr, NetOptions, Publish};
 use kiln_tender::RunConfig;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -44,6 +46,39 @@ pub struct RunArgs {
     /// A host file backing a block device the image declares (repeatable).
     #[arg(long = "disk", value_name = "NAME=FILE", value_parser = parse_disk)]
     pub disks: Vec<(String, PathBuf)>,
+    /// How the image's network device reaches the host (repeatable, one per
+    /// device): `user` (the default: user-mode networking through passt,
+    /// IPv4, no root needed), `tap:NAME` (an existing tap device, or a new
+    /// one that lasts as long as the instance, as root), or `none` (not
+    /// connected). For an image with several network devices, name one:
+    /// `--net service0=tap:kiln0`.
+    #[arg(
+        long = "net",
+        value_name = "[DEVICE=]BACKEND",
+        help_heading = "Networking"
+    )]
+    pub net: Vec<Attach>,
+    /// Publish a guest port on the host through user-mode networking
+    /// (repeatable): HOST_PORT:GUEST_PORT, optionally preceded by the host
+    /// address to bind (default: all) and followed by /udp (default /tcp).
+    /// Examples: -p 8080:80, -p 127.0.0.1:8080:80, -p 5353:53/udp.
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[ADDR:]HOST:GUEST[/udp]",
+        help_heading = "Networking"
+    )]
+    pub publish: Vec<Publish>,
+    /// The guest's static IPv4 address and prefix length. With a tap
+    /// device the guest otherwise asks DHCP; in user mode it defaults to
+    /// 10.0.2.15/24.
+    #[arg(long, value_name = "ADDR/PREFIX", help_heading = "Networking")]
+    pub ip: Option<Ipv4Cidr>,
+    /// The guest's IPv4 default gateway (with --ip). User mode defaults to
+    /// 10.0.2.2, or the first address of the --ip subnet; through it the
+    /// guest reaches the host's loopback.
+    #[arg(long, value_name = "ADDR", help_heading = "Networking")]
+    pub gateway: Option<Ipv4Addr>,
     /// Say which tender was picked, and print timings and counters.
     #[arg(short, long)]
     pub verbose: bool,
@@ -122,6 +157,12 @@ pub fn run(args: RunArgs) -> ExitCode {
         mem_size: args.mem,
         disks: args.disks,
         verbose: args.verbose,
+        net: NetOptions {
+            attach: args.net,
+            publish: args.publish,
+            ip: args.ip,
+            gateway: args.gateway,
+        },
     };
     let tender = match args.tender {
         TenderChoice::Auto => match kiln_hvt::probe() {

@@ -129,7 +129,11 @@ fn wild_hypercall_pointers_end_the_instance() {
 
 #[test]
 fn unknown_hypercall_numbers_end_the_instance() {
-    crashes("tests/images/wild-pointer", &["unknown"], &["unknown hypercall number 77"]);
+    crashes(
+        "tests/images/wild-pointer",
+        &["unknown"],
+        &["unknown hypercall number 77"],
+    );
 }
 
 #[test]

@@ -109,6 +109,7 @@ fn boot_with(
                 .iter()
                 .map(|(n, p)| (n.to_string(), p.to_path_buf()))
                 .collect(),
+            net: Default::default(),
             verbose: true,
         };
         match kiln_hvt::run(cfg) {

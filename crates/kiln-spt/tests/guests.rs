@@ -423,6 +423,7 @@ fn child(case: &str) -> ! {
         mem_size: 4 << 20,
         disks,
         verbose: false,
+        net: Default::default(),
     };
     if case.starts_with("clash:") {
         occupy_image_base();

@@ -19,4 +19,6 @@ pub struct RunConfig {
     pub disks: Vec<(String, PathBuf)>,
     /// Print timings and counters to stderr.
     pub verbose: bool,
+    /// Network backends, published ports and addresses.
+    pub net: crate::net::NetOptions,
 }

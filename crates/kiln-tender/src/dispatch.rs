@@ -4,8 +4,14 @@
 //! local array ("parse, then use"); every guest range is checked as a whole
 //! before anything is read or written, so a rejected hypercall has no effect
 //! at all. Nothing here allocates.
+//!
+//! Network hypercalls answer recoverable conditions in `ret`: ENODEV (no
+//! such network device), EINVAL (a frame length outside 14..=MTU+14),
+//! EAGAIN (no frame waiting; or, for NET_WRITE, the backend cannot take
+//! the frame now), EIO (the frame was refused, or the device is down).
 
 use crate::host::{Device, BLOCK_SIZE};
+use crate::net::Sent;
 use crate::outcome::{Message, Outcome, Violation};
 use crate::{sys, GuestMemory, Host};
 use kiln_abi::{errno, nr, ABORT_MSG_MAX, BLOCK_IO_MAX, CONSOLE_WRITE_MAX};
@@ -145,16 +151,18 @@ fn run<M: GuestMemory>(
         }
         nr::POLL => {
             let [deadline, _] = call.args::<2>(arg)?;
-            // No device delivers input yet, so POLL is a sleep until the deadline.
-            if deadline > sys::clock_ns(libc::CLOCK_MONOTONIC) {
-                sys::sleep_until(deadline);
-            }
-            call.set(arg, 1, 0)
+            let ready = host.poll(deadline);
+            call.set(arg, 1, ready)
         }
-        nr::NET_WRITE | nr::NET_READ => {
-            let [_device, buf, len, _] = call.args::<4>(arg)?;
-            call.check("buffer", buf, len, number == nr::NET_READ)?;
-            call.set(arg, 3, errno::ENODEV as u64)
+        nr::NET_WRITE => {
+            let [device, buf, len, _] = call.args::<4>(arg)?;
+            let ret = net_write(host, call, device, buf, len)?;
+            call.set(arg, 3, ret as u64)
+        }
+        nr::NET_READ => {
+            let [device, buf, len, _] = call.args::<4>(arg)?;
+            let ret = net_read(host, call, device, buf, len)?;
+            call.set(arg, 3, ret as u64)
         }
         nr::NET_RINGS => {
             call.args::<4>(arg)?;
@@ -193,6 +201,70 @@ fn run<M: GuestMemory>(
             )))
         }
         other => Err(call.violation(Violation::UnknownNumber(other))),
+    }
+}
+
+/// NET_WRITE: one frame from guest memory to the device's backend.
+fn net_write<M: GuestMemory>(
+    host: &mut Host,
+    call: &mut Call<'_, M>,
+    device: u64,
+    buf: u64,
+    len: u64,
+) -> Result<i64> {
+    let Some(dev) = host.net_device(device) else {
+        return Ok(errno::ENODEV);
+    };
+    // Not a frame this device carries (shorter than an Ethernet header,
+    // longer than MTU + 14): the guest's mistake, and recoverable.
+    let Some(frame) = usize::try_from(len).ok().and_then(|n| dev.tx_buffer(n)) else {
+        return Ok(errno::EINVAL);
+    };
+    call.check("buffer", buf, len, false)?;
+    call.mem.read(buf, frame).map_err(|_| {
+        call.violation(Violation::BadRange {
+            what: "buffer",
+            addr: buf,
+            len,
+            write: false,
+        })
+    })?;
+    Ok(match dev.send(len as usize) {
+        Sent::Ok => len as i64,
+        Sent::Busy => errno::EAGAIN,
+        Sent::Refused | Sent::Down => errno::EIO,
+    })
+}
+
+/// NET_READ: one waiting frame from the device's backend to guest memory.
+/// A frame longer than the guest's buffer is dropped and the next one is
+/// returned (guest buffers are at least MTU + 14 bytes, so only frames the
+/// device could never carry are lost this way).
+fn net_read<M: GuestMemory>(
+    host: &mut Host,
+    call: &mut Call<'_, M>,
+    device: u64,
+    buf: u64,
+    len: u64,
+) -> Result<i64> {
+    let Some(dev) = host.net_device(device) else {
+        return Ok(errno::ENODEV);
+    };
+    call.check("buffer", buf, len, true)?;
+    let cap = usize::try_from(len).unwrap_or(usize::MAX);
+    let mem = &mut *call.mem;
+    match dev.recv(cap, |frame| {
+        mem.write(buf, frame).map(|()| frame.len() as i64)
+    }) {
+        Ok(Some(Ok(n))) => Ok(n),
+        Ok(Some(Err(_))) => Err(call.violation(Violation::BadRange {
+            what: "buffer",
+            addr: buf,
+            len,
+            write: true,
+        })),
+        Ok(None) => Ok(errno::EAGAIN),
+        Err(_) => Ok(errno::EIO),
     }
 }
 

@@ -1,8 +1,9 @@
 //! The host resources of one instance: console, clocks and the devices its
 //! manifest declares.
 
+use crate::net::{self, Keep, NetDevice, NetError, PlanError};
 use crate::RunConfig;
-use kiln_abi::{device, DeviceInfo, DEVICE_NAME_LEN};
+use kiln_abi::{device, DeviceInfo, DEVICE_NAME_LEN, MAX_DEVICES};
 use kiln_image::device_name;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
@@ -25,9 +26,18 @@ pub enum TenderError {
         /// What the image declares.
         declared: String,
     },
-    /// Networking is declared but not available yet.
-    #[error("the image declares network device '{0}', but this kiln has no network backends yet")]
-    NetUnsupported(String),
+    /// The network flags do not fit the image.
+    #[error(transparent)]
+    NetPlan(#[from] PlanError),
+    /// A network backend could not be set up.
+    #[error("network device '{name}'")]
+    Net {
+        /// Device name.
+        name: String,
+        /// What went wrong.
+        #[source]
+        source: NetError,
+    },
     /// A disk file could not be opened.
     #[error("cannot open disk '{name}' at {path}")]
     OpenDisk {
@@ -57,7 +67,16 @@ pub enum TenderError {
 /// One attached device.
 #[derive(Debug)]
 pub(crate) enum Device {
-    Block { file: File, capacity: u64 },
+    Block {
+        file: File,
+        capacity: u64,
+    },
+    Net {
+        dev: NetDevice,
+        /// Keeps the backend's helper process (passt) for as long as the
+        /// device lives.
+        _keep: Keep,
+    },
 }
 
 /// The host side of one instance.
@@ -87,8 +106,15 @@ impl Host {
                 });
             }
         }
+        let nets: Vec<(usize, &str)> = declared
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.kind == device::NET)
+            .map(|(i, d)| (i, device_name(d)))
+            .collect();
+        let net_plans = net::plan(&nets, &cfg.net)?;
         let mut devices = Vec::new();
-        for d in declared {
+        for (index, d) in declared.iter().enumerate() {
             let name = device_name(d);
             match d.kind {
                 device::BLOCK => {
@@ -125,10 +151,56 @@ impl Host {
                     info.name[..DEVICE_NAME_LEN].copy_from_slice(&d.name);
                     devices.push((info, Device::Block { file, capacity }));
                 }
-                _ => return Err(TenderError::NetUnsupported(name.to_string())),
+                _ => {
+                    // `plan` returns one plan per network device.
+                    let Some(plan) = net_plans.iter().find(|p| p.index == index) else {
+                        return Err(PlanError::Unplanned(name.to_string()).into());
+                    };
+                    let mac = net::random_mac(index);
+                    let (dev, keep) =
+                        net::attach(plan, d.name, mac, cfg.verbose).map_err(|source| {
+                            TenderError::Net {
+                                name: name.to_string(),
+                                source,
+                            }
+                        })?;
+                    let mut info = DeviceInfo {
+                        kind: device::NET,
+                        unit: net::MTU,
+                        mac,
+                        net: plan.config,
+                        ..DeviceInfo::default()
+                    };
+                    info.name[..DEVICE_NAME_LEN].copy_from_slice(&d.name);
+                    devices.push((info, Device::Net { dev, _keep: keep }));
+                }
             }
         }
         Ok(Host { devices })
+    }
+
+    /// A host with the given network devices only: for tests of the
+    /// hypercall path with fake backends.
+    #[cfg(test)]
+    pub(crate) fn with_net(devs: Vec<NetDevice>) -> Host {
+        let devices = devs
+            .into_iter()
+            .map(|dev| {
+                let info = DeviceInfo {
+                    kind: device::NET,
+                    unit: net::MTU,
+                    ..DeviceInfo::default()
+                };
+                (
+                    info,
+                    Device::Net {
+                        dev,
+                        _keep: Keep::Nothing,
+                    },
+                )
+            })
+            .collect();
+        Host { devices }
     }
 
     /// The devices as the image sees them in BootInfo, in manifest order.
@@ -136,14 +208,121 @@ impl Host {
         self.devices.iter().map(|(info, _)| *info).collect()
     }
 
-    /// Descriptors the hypercall path uses besides stdout and stderr: the
-    /// sandbox of a tender admits I/O on these and no others.
+    /// The block devices' descriptors: BLOCK_READ and BLOCK_WRITE use
+    /// `pread64` and `pwrite64` on these (and on no others).
     pub fn fds(&self) -> Vec<RawFd> {
         self.devices
             .iter()
-            .map(|(_, d)| match d {
-                Device::Block { file, .. } => file.as_raw_fd(),
+            .filter_map(|(_, d)| match d {
+                Device::Block { file, .. } => Some(file.as_raw_fd()),
+                Device::Net { .. } => None,
             })
             .collect()
+    }
+
+    /// The network backends' descriptors: NET_READ, NET_WRITE and POLL use
+    /// `read`, `write` and `ppoll` on these (and on no others). Empty when
+    /// the image has no connected network device; POLL then sleeps with
+    /// `clock_nanosleep` as before and needs no `ppoll`.
+    pub fn net_fds(&self) -> Vec<RawFd> {
+        self.devices
+            .iter()
+            .filter_map(|(_, d)| match d {
+                Device::Net { dev, .. } => dev.fd(),
+                Device::Block { .. } => None,
+            })
+            .collect()
+    }
+
+    /// The counters of the network device at manifest index `index`.
+    pub fn net_stats(&self, index: usize) -> Option<net::Stats> {
+        match self.devices.get(index) {
+            Some((_, Device::Net { dev, .. })) => Some(dev.stats()),
+            _ => None,
+        }
+    }
+
+    /// The network device at BootInfo index `index`.
+    pub(crate) fn net_device(&mut self, index: u64) -> Option<&mut NetDevice> {
+        match usize::try_from(index)
+            .ok()
+            .and_then(|i| self.devices.get_mut(i))
+        {
+            Some((_, Device::Net { dev, .. })) => Some(dev),
+            _ => None,
+        }
+    }
+
+    /// POLL: waits until a network device has a frame for NET_READ or the
+    /// monotonic clock reaches `deadline_ns`; returns the ready bits (bit
+    /// `i` for device `i`). Allocation-free.
+    pub(crate) fn poll(&mut self, deadline_ns: u64) -> u64 {
+        let mut fds = [libc::pollfd {
+            fd: -1,
+            events: 0,
+            revents: 0,
+        }; MAX_DEVICES];
+        let mut owner = [0usize; MAX_DEVICES];
+        loop {
+            // Frames already buffered need no waiting.
+            let mut ready = 0u64;
+            let mut count = 0;
+            for (i, (_, d)) in self.devices.iter_mut().enumerate().take(MAX_DEVICES) {
+                let Device::Net { dev, .. } = d else {
+                    continue;
+                };
+                if dev.has_buffered_frame() {
+                    ready |= 1 << i;
+                }
+                if let Some(fd) = dev.fd() {
+                    fds[count] = libc::pollfd {
+                        fd,
+                        events: dev.poll_events(),
+                        revents: 0,
+                    };
+                    owner[count] = i;
+                    count += 1;
+                }
+            }
+            let now = crate::sys::clock_ns(libc::CLOCK_MONOTONIC);
+            // With input already waiting, or the deadline past, look at the
+            // descriptors without waiting.
+            let timeout = if ready != 0 || deadline_ns <= now {
+                Some(0)
+            } else if deadline_ns == u64::MAX {
+                None
+            } else {
+                Some(deadline_ns - now)
+            };
+            if count == 0 {
+                if timeout != Some(0) {
+                    crate::sys::sleep_until(deadline_ns);
+                }
+                return ready;
+            }
+            match net::poll_fds(&mut fds[..count], timeout) {
+                Ok(0) => {}
+                Ok(_) => {
+                    for (slot, pfd) in fds[..count].iter().enumerate() {
+                        if pfd.revents == 0 {
+                            continue;
+                        }
+                        let i = owner[slot];
+                        if let Some((_, Device::Net { dev, .. })) = self.devices.get_mut(i) {
+                            if dev.on_poll(pfd.revents) {
+                                ready |= 1 << i;
+                            }
+                        }
+                    }
+                }
+                // EINVAL/ENOMEM: nothing sensible to wait on; report what
+                // is known rather than spin.
+                Err(_) => return ready,
+            }
+            if ready != 0 || timeout == Some(0) {
+                return ready;
+            }
+            // Woken for output only, or by a partial frame: wait on.
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! the image, memory protection, entering the guest and catching its faults.
 //! Everything that the ABI defines independently of those mechanics lives
 //! here, written once: decoding and checking hypercall arguments
-//! ([`dispatch`]), the devices of one instance ([`Host`]), the [`BootInfo`]
+//! ([`dispatch`]), the devices of one instance ([`Host`]) with their
+//! network backends ([`net`]: tap, passt), the [`BootInfo`]
 //! block ([`BootBlock`]) and how an instance ends ([`Outcome`], [`finish`]).
 //!
 //! Guest memory is reached only through the [`GuestMemory`] trait, whose
@@ -23,6 +24,7 @@ mod config;
 mod dispatch;
 mod host;
 mod memory;
+pub mod net;
 mod outcome;
 pub mod sys;
 
@@ -33,5 +35,7 @@ pub use host::{Host, TenderError};
 pub use memory::{GuestMemory, MemError, VecMemory};
 pub use outcome::{finish, Fault, Message, Outcome, Violation};
 
+#[cfg(test)]
+mod net_tests;
 #[cfg(test)]
 mod tests;

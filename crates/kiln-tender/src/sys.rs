@@ -1,7 +1,9 @@
 //! The few raw system calls the hypercall path makes. They are called after
 //! the tender's seccomp filter is installed, so they must not allocate and
 //! must use only the syscalls the filters allow: `write`, `clock_gettime`,
-//! `clock_nanosleep`, `pread64`, `pwrite64`, `exit_group`.
+//! `clock_nanosleep`, `pread64`, `pwrite64`, `exit_group` (and, for network
+//! devices, `read`, `write` and `ppoll` on their descriptors: see
+//! [`crate::net`]).
 
 use std::os::fd::RawFd;
 

@@ -5,11 +5,11 @@ use crate::*;
 use kiln_abi::{device, nr, Manifest, ABI_VERSION, BOOT_MAGIC};
 use kiln_image::{synthetic, Image};
 
-const BASE: u64 = 0x10_0000;
-const ARG: u64 = BASE + 0x100;
-const BUF: u64 = BASE + 0x1000;
+pub(crate) const BASE: u64 = 0x10_0000;
+pub(crate) const ARG: u64 = BASE + 0x100;
+pub(crate) const BUF: u64 = BASE + 0x1000;
 
-fn config(manifest: &Manifest) -> RunConfig {
+pub(crate) fn config(manifest: &Manifest) -> RunConfig {
     RunConfig {
         image: Image::parse(synthetic::minimal(manifest)).unwrap(),
         args: vec!["hello".into(), "a b".into()],
@@ -17,6 +17,7 @@ fn config(manifest: &Manifest) -> RunConfig {
         mem_size: 32 << 20,
         disks: Vec::new(),
         verbose: false,
+        net: Default::default(),
     }
 }
 
@@ -31,19 +32,19 @@ fn setup() -> (Host, VecMemory) {
     )
 }
 
-fn put_words(mem: &mut VecMemory, at: u64, words: &[u64]) {
+pub(crate) fn put_words(mem: &mut VecMemory, at: u64, words: &[u64]) {
     for (i, w) in words.iter().enumerate() {
         mem.write(at + 8 * i as u64, &w.to_le_bytes()).unwrap();
     }
 }
 
-fn word(mem: &VecMemory, at: u64) -> u64 {
+pub(crate) fn word(mem: &VecMemory, at: u64) -> u64 {
     let mut b = [0; 8];
     mem.read(at, &mut b).unwrap();
     u64::from_le_bytes(b)
 }
 
-fn violation(c: Control) -> (&'static str, Violation) {
+pub(crate) fn violation(c: Control) -> (&'static str, Violation) {
     match c {
         Control::Exit(Outcome::Violation { hypercall, reason }) => (hypercall, reason),
         other => panic!("expected a violation, got {other:?}"),
@@ -230,7 +231,11 @@ fn boot_block_round_trips() {
         stack_bottom: 0x40_0000,
         tsc_hz: 0,
     };
-    let mut dev = kiln_abi::DeviceInfo { kind: device::NET, unit: 1500, ..Default::default() };
+    let mut dev = kiln_abi::DeviceInfo {
+        kind: device::NET,
+        unit: 1500,
+        ..Default::default()
+    };
     dev.mac = [2, 0, 0, 0, 0, 1];
     dev.net.ipv4 = [10, 0, 0, 2];
     dev.net.ipv4_prefix = 24;
@@ -244,7 +249,11 @@ fn boot_block_round_trips() {
     assert_eq!(&bytes[d + 44..d + 48], &[10, 0, 0, 2]);
     assert_eq!(bytes[d + 52], 24);
     assert_eq!(bytes[d + 72 + 15], 1);
-    assert_eq!(&bytes[d + 88..d + 96], &[0; 8], "second device slot is empty");
+    assert_eq!(
+        &bytes[d + 88..d + 96],
+        &[0; 8],
+        "second device slot is empty"
+    );
     let mem = VecMemory {
         base: 0x8000,
         bytes,

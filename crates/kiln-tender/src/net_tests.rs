@@ -1,0 +1,428 @@
+//! The network hypercalls against fake backends (and, for POLL, real
+//! socket pairs): frame limits, drops, short writes, broken streams, and
+//! the instance carrying on through all of it.
+
+use crate::net::{Framing, NetDevice, Port};
+use crate::tests::{put_words, violation, word, ARG, BASE, BUF};
+use crate::*;
+use kiln_abi::{errno, nr};
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+const FRAME_MAX: usize = 1514;
+const RET: u64 = ARG + 24;
+
+#[derive(Debug, Default)]
+struct FakeState {
+    /// Chunks the backend will hand out: frames (datagram) or bytes (stream).
+    incoming: VecDeque<Vec<u8>>,
+    /// What the device wrote.
+    written: Vec<Vec<u8>>,
+    /// Bytes a write may take before the backend says WouldBlock.
+    room: Option<usize>,
+    /// After the chunks run out: end of stream.
+    eof: bool,
+}
+
+/// A backend held in memory, shared with the test.
+#[derive(Debug, Clone, Default)]
+struct Fake {
+    state: Arc<Mutex<FakeState>>,
+    stream: bool,
+}
+
+impl Fake {
+    fn push(&self, chunk: &[u8]) {
+        self.state
+            .lock()
+            .unwrap()
+            .incoming
+            .push_back(chunk.to_vec());
+    }
+    fn written(&self) -> Vec<Vec<u8>> {
+        self.state.lock().unwrap().written.clone()
+    }
+}
+
+impl Port for Fake {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut s = self.state.lock().unwrap();
+        let Some(mut chunk) = s.incoming.pop_front() else {
+            return if s.eof {
+                Ok(0)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
+        };
+        let n = chunk.len().min(buf.len());
+        buf[..n].copy_from_slice(&chunk[..n]);
+        if self.stream && n < chunk.len() {
+            s.incoming.push_front(chunk.split_off(n));
+        }
+        Ok(n)
+    }
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut s = self.state.lock().unwrap();
+        let n = match s.room {
+            Some(0) => return Err(io::ErrorKind::WouldBlock.into()),
+            Some(room) => room.min(buf.len()),
+            None => buf.len(),
+        };
+        if let Some(room) = s.room.as_mut() {
+            *room -= n;
+        }
+        s.written.push(buf[..n].to_vec());
+        Ok(n)
+    }
+    fn fd(&self) -> Option<RawFd> {
+        None
+    }
+}
+
+fn name(n: &str) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..n.len()].copy_from_slice(n.as_bytes());
+    b
+}
+
+fn tap_like() -> (Fake, NetDevice) {
+    let fake = Fake::default();
+    let dev = NetDevice::new(
+        name("tap0"),
+        Some(Box::new(fake.clone())),
+        Framing::datagram(),
+        FRAME_MAX,
+    );
+    (fake, dev)
+}
+
+fn passt_like() -> (Fake, NetDevice) {
+    let fake = Fake {
+        stream: true,
+        ..Fake::default()
+    };
+    let dev = NetDevice::new(
+        name("user0"),
+        Some(Box::new(fake.clone())),
+        Framing::stream(FRAME_MAX),
+        FRAME_MAX,
+    );
+    (fake, dev)
+}
+
+fn memory() -> VecMemory {
+    VecMemory {
+        base: BASE,
+        bytes: vec![0; 0x10000],
+    }
+}
+
+fn frame(len: usize, fill: u8) -> Vec<u8> {
+    vec![fill; len]
+}
+
+fn framed(frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for f in frames {
+        v.extend_from_slice(&(f.len() as u32).to_be_bytes());
+        v.extend_from_slice(f);
+    }
+    v
+}
+
+/// NET_READ on `device` into BUF with capacity `cap`; the ret word.
+fn net_read(host: &mut Host, mem: &mut VecMemory, device: u64, cap: u64) -> i64 {
+    put_words(mem, ARG, &[device, BUF, cap, 0]);
+    assert!(matches!(
+        dispatch(host, mem, nr::NET_READ, ARG),
+        Control::Continue
+    ));
+    word(mem, RET) as i64
+}
+
+fn net_write(host: &mut Host, mem: &mut VecMemory, device: u64, data: &[u8]) -> i64 {
+    mem.write(BUF, data).unwrap();
+    put_words(mem, ARG, &[device, BUF, data.len() as u64, 0]);
+    assert!(matches!(
+        dispatch(host, mem, nr::NET_WRITE, ARG),
+        Control::Continue
+    ));
+    word(mem, RET) as i64
+}
+
+fn poll(host: &mut Host, mem: &mut VecMemory, deadline: u64) -> u64 {
+    put_words(mem, ARG, &[deadline, 0xdead]);
+    assert!(matches!(
+        dispatch(host, mem, nr::POLL, ARG),
+        Control::Continue
+    ));
+    word(mem, ARG + 8)
+}
+
+fn guest_bytes(mem: &VecMemory, len: usize) -> Vec<u8> {
+    let mut v = vec![0; len];
+    mem.read(BUF, &mut v).unwrap();
+    v
+}
+
+#[test]
+fn net_write_sends_one_frame_and_checks_its_length() {
+    let (fake, dev) = tap_like();
+    let mut host = Host::with_net(vec![dev]);
+    let mut mem = memory();
+    assert_eq!(net_write(&mut host, &mut mem, 0, &frame(60, 1)), 60);
+    assert_eq!(
+        net_write(&mut host, &mut mem, 0, &frame(FRAME_MAX, 2)),
+        FRAME_MAX as i64
+    );
+    assert_eq!(
+        net_write(&mut host, &mut mem, 0, &frame(FRAME_MAX + 1, 3)),
+        errno::EINVAL
+    );
+    assert_eq!(
+        net_write(&mut host, &mut mem, 0, &frame(13, 4)),
+        errno::EINVAL
+    );
+    assert_eq!(net_write(&mut host, &mut mem, 0, &[]), errno::EINVAL);
+    assert_eq!(
+        net_write(&mut host, &mut mem, 1, &frame(60, 5)),
+        errno::ENODEV
+    );
+    assert_eq!(fake.written(), vec![frame(60, 1), frame(FRAME_MAX, 2)]);
+    // A huge length is EINVAL, not a violation: nothing is read.
+    put_words(&mut mem, ARG, &[0, BUF, u64::MAX, 0]);
+    dispatch(&mut host, &mut mem, nr::NET_WRITE, ARG);
+    assert_eq!(word(&mem, RET) as i64, errno::EINVAL);
+    // A plausible length at a wild address ends the instance.
+    put_words(&mut mem, ARG, &[0, 0xdead_0000_0000, 60, 0]);
+    let (name, _) = violation(dispatch(&mut host, &mut mem, nr::NET_WRITE, ARG));
+    assert_eq!(name, "NET_WRITE");
+}
+
+#[test]
+fn net_read_returns_frames_and_drops_what_does_not_fit() {
+    let (fake, dev) = tap_like();
+    let mut host = Host::with_net(vec![dev]);
+    let mut mem = memory();
+    assert_eq!(net_read(&mut host, &mut mem, 0, 2048), errno::EAGAIN);
+    fake.push(&frame(60, 1));
+    fake.push(&frame(9000, 2)); // jumbo: more than MTU + 14
+    fake.push(&frame(3, 3)); // runt
+    fake.push(&frame(1514, 4));
+    fake.push(&frame(1000, 5)); // longer than the guest's buffer below
+    fake.push(&frame(100, 6));
+    assert_eq!(net_read(&mut host, &mut mem, 0, 2048), 60);
+    assert_eq!(guest_bytes(&mem, 60), frame(60, 1));
+    assert_eq!(net_read(&mut host, &mut mem, 0, 2048), 1514);
+    assert_eq!(guest_bytes(&mem, 1514), frame(1514, 4));
+    assert_eq!(net_read(&mut host, &mut mem, 0, 500), 100);
+    assert_eq!(guest_bytes(&mem, 100), frame(100, 6));
+    assert_eq!(net_read(&mut host, &mut mem, 0, 2048), errno::EAGAIN);
+    let stats = host.net_stats(0).unwrap();
+    assert_eq!((stats.rx_frames, stats.rx_dropped), (3, 3));
+    assert_eq!(net_read(&mut host, &mut mem, 3, 2048), errno::ENODEV);
+    // The guest's buffer must be writable guest memory.
+    put_words(&mut mem, ARG, &[0, BASE + 0x10000 - 10, 2048, 0]);
+    violation(dispatch(&mut host, &mut mem, nr::NET_READ, ARG));
+}
+
+#[test]
+fn a_stream_in_pieces_yields_every_frame_in_order() {
+    let (fake, dev) = passt_like();
+    let mut host = Host::with_net(vec![dev]);
+    let mut mem = memory();
+    let frames: Vec<Vec<u8>> = (0..50u8).map(|i| frame(14 + i as usize * 30, i)).collect();
+    let bytes = framed(&frames);
+    // Odd-sized chunks: headers and frames cut everywhere.
+    for chunk in bytes.chunks(333) {
+        fake.push(chunk);
+    }
+    let mut got = Vec::new();
+    loop {
+        let n = net_read(&mut host, &mut mem, 0, 2048);
+        if n == errno::EAGAIN {
+            break;
+        }
+        assert!(n > 0, "ret {n}");
+        got.push(guest_bytes(&mem, n as usize));
+    }
+    assert_eq!(got, frames);
+}
+
+#[test]
+fn a_garbage_length_takes_the_device_down_but_not_the_instance() {
+    let (fake, dev) = passt_like();
+    let (tap, tap_dev) = tap_like();
+    let mut host = Host::with_net(vec![dev, tap_dev]);
+    let mut mem = memory();
+    let mut bytes = framed(&[frame(60, 1)]);
+    bytes.extend_from_slice(&[0x7f, 0xff, 0xff, 0xff, 0, 0, 0]);
+    fake.push(&bytes);
+    assert_eq!(net_read(&mut host, &mut mem, 0, 2048), 60);
+    assert_eq!(net_read(&mut host, &mut mem, 0, 2048), errno::EIO);
+    assert!(host.net_device(0).unwrap().down().is_some());
+    assert_eq!(net_write(&mut host, &mut mem, 0, &frame(60, 2)), errno::EIO);
+    assert_eq!(net_read(&mut host, &mut mem, 0, 2048), errno::EIO);
+    // The other device carries on, and POLL reports only it.
+    tap.push(&frame(70, 3));
+    assert_eq!(net_read(&mut host, &mut mem, 1, 2048), 70);
+    assert_eq!(poll(&mut host, &mut mem, 1), 0);
+    // The guest keeps running: CLOCK still works.
+    assert!(matches!(
+        dispatch(&mut host, &mut mem, nr::CLOCK, ARG),
+        Control::Continue
+    ));
+}
+
+#[test]
+fn a_closed_stream_takes_the_device_down() {
+    let (fake, dev) = passt_like();
+    let mut host = Host::with_net(vec![dev]);
+    let mut mem = memory();
+    fake.push(&framed(&[frame(60, 1)])[..30]);
+    fake.state.lock().unwrap().eof = true;
+    assert_eq!(net_read(&mut host, &mut mem, 0, 2048), errno::EIO);
+    assert_eq!(
+        host.net_device(0).unwrap().down(),
+        Some(crate::net::Down::Closed)
+    );
+}
+
+#[test]
+fn short_writes_finish_frames_and_a_full_queue_is_eagain() {
+    let (fake, dev) = passt_like();
+    let mut host = Host::with_net(vec![dev]);
+    let mut mem = memory();
+    // The peer takes 100 bytes now.
+    fake.state.lock().unwrap().room = Some(100);
+    let frames: Vec<Vec<u8>> = (0..3u8).map(|i| frame(60 + i as usize, i)).collect();
+    for f in &frames {
+        assert_eq!(net_write(&mut host, &mut mem, 0, f), f.len() as i64);
+    }
+    // Fill the queue (256 KiB) until the device refuses.
+    let big = frame(FRAME_MAX, 9);
+    let mut accepted = 0;
+    loop {
+        let r = net_write(&mut host, &mut mem, 0, &big);
+        if r == errno::EAGAIN {
+            break;
+        }
+        assert_eq!(r, FRAME_MAX as i64);
+        accepted += 1;
+        assert!(accepted < 1000, "the queue never filled");
+    }
+    assert!(host.net_stats(0).unwrap().tx_busy >= 1);
+    // The peer drains: a POLL with output pending flushes on POLLOUT for
+    // real descriptors; here the next write flushes.
+    fake.state.lock().unwrap().room = None;
+    assert_eq!(
+        net_write(&mut host, &mut mem, 0, &frames[0]),
+        frames[0].len() as i64
+    );
+    let stream: Vec<u8> = fake.written().concat();
+    let mut expect = frames.clone();
+    expect.extend(std::iter::repeat_n(big.clone(), accepted));
+    expect.push(frames[0].clone());
+    assert_eq!(stream, framed(&expect));
+}
+
+#[test]
+fn poll_reports_buffered_frames_at_once() {
+    let (fake, dev) = passt_like();
+    let (_, idle) = tap_like();
+    let mut host = Host::with_net(vec![idle, dev]);
+    let mut mem = memory();
+    // Two frames in one chunk: the first NET_READ buffers the second.
+    fake.push(&framed(&[frame(60, 1), frame(61, 2)]));
+    assert_eq!(net_read(&mut host, &mut mem, 1, 2048), 60);
+    // No deadline: it must not wait, the second frame is buffered.
+    assert_eq!(poll(&mut host, &mut mem, u64::MAX), 0b10);
+    assert_eq!(net_read(&mut host, &mut mem, 1, 2048), 61);
+    assert_eq!(poll(&mut host, &mut mem, 1), 0);
+}
+
+fn datagram_pair() -> (OwnedFd, OwnedFd) {
+    let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    (OwnedFd::from(a), OwnedFd::from(b))
+}
+
+#[test]
+fn poll_waits_on_real_descriptors() {
+    use std::os::unix::net::UnixStream;
+    // A tap stand-in (one datagram per frame) and a passt stand-in.
+    let (tap_ours, tap_peer) = datagram_pair();
+    let (stream_ours, mut stream_peer) = UnixStream::pair().unwrap();
+    stream_ours.set_nonblocking(true).unwrap();
+    let tap_dev = NetDevice::new(
+        name("tap0"),
+        Some(Box::new(crate::net::FdPort(tap_ours))),
+        Framing::datagram(),
+        FRAME_MAX,
+    );
+    let stream_dev = NetDevice::new(
+        name("user0"),
+        Some(Box::new(crate::net::FdPort(OwnedFd::from(stream_ours)))),
+        Framing::stream(FRAME_MAX),
+        FRAME_MAX,
+    );
+    let mut host = Host::with_net(vec![tap_dev, stream_dev]);
+    assert_eq!(host.net_fds().len(), 2);
+    let mut mem = memory();
+    // Nothing arrives: a near deadline passes with nothing ready.
+    let soon = sys::clock_ns(libc::CLOCK_MONOTONIC) + 1_000_000;
+    assert_eq!(poll(&mut host, &mut mem, soon), 0);
+
+    // Half a frame on the stream wakes nothing; the rest, later, does.
+    let bytes = framed(&[frame(80, 7)]);
+    use std::io::Write;
+    stream_peer.write_all(&bytes[..10]).unwrap();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        stream_peer.write_all(&bytes[10..]).unwrap();
+        stream_peer
+    });
+    assert_eq!(poll(&mut host, &mut mem, u64::MAX), 0b10);
+    let mut stream_peer = writer.join().unwrap();
+    assert_eq!(net_read(&mut host, &mut mem, 1, 2048), 80);
+
+    // A datagram on the tap stand-in.
+    let peer = std::os::unix::net::UnixDatagram::from(tap_peer);
+    peer.send(&frame(90, 8)).unwrap();
+    assert_eq!(poll(&mut host, &mut mem, u64::MAX), 0b01);
+    assert_eq!(net_read(&mut host, &mut mem, 0, 2048), 90);
+    assert_eq!(net_read(&mut host, &mut mem, 0, 2048), errno::EAGAIN);
+
+    // Frames the guest sends reach the peers.
+    assert_eq!(net_write(&mut host, &mut mem, 0, &frame(64, 9)), 64);
+    let mut got = [0u8; 2048];
+    assert_eq!(peer.recv(&mut got).unwrap(), 64);
+    assert_eq!(net_write(&mut host, &mut mem, 1, &frame(64, 10)), 64);
+    let mut got = [0u8; 68];
+    use std::io::Read;
+    stream_peer.read_exact(&mut got).unwrap();
+    assert_eq!(&got[..4], &[0, 0, 0, 64]);
+
+    // The passt stand-in goes away: the device goes down, POLL stops
+    // reporting it, and the tap carries on.
+    drop(stream_peer);
+    let soon = sys::clock_ns(libc::CLOCK_MONOTONIC) + 1_000_000;
+    assert_eq!(poll(&mut host, &mut mem, soon), 0);
+    assert!(host.net_device(1).unwrap().down().is_some());
+    assert_eq!(host.net_fds().len(), 1);
+    peer.send(&frame(95, 8)).unwrap();
+    assert_eq!(poll(&mut host, &mut mem, u64::MAX), 0b01);
+}
+
+#[test]
+fn a_device_with_nothing_attached_swallows_frames() {
+    let dev = NetDevice::new(name("n"), None, Framing::datagram(), FRAME_MAX);
+    let mut host = Host::with_net(vec![dev]);
+    let mut mem = memory();
+    assert_eq!(net_write(&mut host, &mut mem, 0, &frame(60, 1)), 60);
+    assert_eq!(net_read(&mut host, &mut mem, 0, 2048), errno::EAGAIN);
+    assert!(host.net_fds().is_empty());
+    assert_eq!(poll(&mut host, &mut mem, 1), 0);
+}
