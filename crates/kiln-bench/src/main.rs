@@ -8,9 +8,11 @@
 //! * image size of hello vs the native static binary;
 //! * peak RSS of one instance per tender (from wait4's rusage).
 //!
-//! Usage: `kiln-bench [--runs N] [--kiln PATH] [--image PATH] [--native PATH]`.
+//! Usage: `kiln-bench [--runs N] [--kiln PATH] [--image PATH] [--native PATH]`;
+//! `kiln-bench http ...` measures HTTP serving instead (see `http.rs`).
 //! `bench/run` builds everything and calls it.
 
+mod http;
 mod proc;
 
 use std::path::PathBuf;
@@ -39,7 +41,9 @@ fn parse_args() -> Result<Args, String> {
             "--image" => args.image = value()?.into(),
             "--native" => args.native = value()?.into(),
             "-h" | "--help" => {
-                println!("usage: kiln-bench [--runs N] [--kiln PATH] [--image PATH] [--native PATH]");
+                println!(
+                    "usage: kiln-bench [--runs N] [--kiln PATH] [--image PATH] [--native PATH]"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}")),
@@ -47,7 +51,10 @@ fn parse_args() -> Result<Args, String> {
     }
     for p in [&args.kiln, &args.image, &args.native] {
         if !p.exists() {
-            return Err(format!("{} does not exist (run bench/run, which builds it)", p.display()));
+            return Err(format!(
+                "{} does not exist (run bench/run, which builds it)",
+                p.display()
+            ));
         }
     }
     Ok(args)
@@ -70,6 +77,9 @@ struct Series {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("http") {
+        std::process::exit(http::main(std::env::args().skip(2).collect()));
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -91,12 +101,20 @@ fn main() {
     }];
     for tender in ["spt", "hvt"] {
         if tender == "hvt" && !hvt_ok {
-            eprintln!("kiln-bench: SKIPPING hvt: `kiln run --tender hvt` does not work on this host");
+            eprintln!(
+                "kiln-bench: SKIPPING hvt: `kiln run --tender hvt` does not work on this host"
+            );
             continue;
         }
         series.push(Series {
             name: format!("kiln run --tender {tender}"),
-            cmd: vec![kiln.clone(), "run".into(), "--tender".into(), tender.into(), image.clone()],
+            cmd: vec![
+                kiln.clone(),
+                "run".into(),
+                "--tender".into(),
+                tender.into(),
+                image.clone(),
+            ],
             times_ms: vec![],
             max_rss_kib: 0,
             stderr_tail: String::new(),
@@ -116,7 +134,10 @@ fn main() {
                     s.max_rss_kib = s.max_rss_kib.max(r.max_rss_kib);
                 }
                 Ok(r) => {
-                    eprintln!("kiln-bench: {} exited with {}: {}", s.name, r.status, r.stderr);
+                    eprintln!(
+                        "kiln-bench: {} exited with {}: {}",
+                        s.name, r.status, r.stderr
+                    );
                     std::process::exit(1);
                 }
                 Err(e) => {
@@ -139,7 +160,10 @@ fn main() {
     }
 
     let native_median = percentile(&series[0].times_ms, 0.5);
-    println!("## Cold start: process exec to exit ({} runs each, interleaved)\n", args.runs);
+    println!(
+        "## Cold start: process exec to exit ({} runs each, interleaved)\n",
+        args.runs
+    );
     println!("| contender | median ms | p90 ms | min ms | vs native | peak RSS KiB |");
     println!("|---|---:|---:|---:|---:|---:|");
     for s in &series {
@@ -164,18 +188,28 @@ fn main() {
     println!("\n## Image size\n");
     println!("| file | bytes | KiB |");
     println!("|---|---:|---:|");
-    for (name, p) in [("hello.kiln", &args.image), ("native static hello", &args.native)] {
+    for (name, p) in [
+        ("hello.kiln", &args.image),
+        ("native static hello", &args.native),
+    ] {
         println!("| {name} | {} | {:.1} |", size(p), size(p) as f64 / 1024.0);
     }
     let host = Command::new("uname").arg("-srm").output().ok();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     println!(
         "\nhost: {} | {} | {} cpus",
-        host.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default(),
+        host.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default(),
         cpu,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
     );
 }
