@@ -239,3 +239,13 @@ fn block_device_reads_back_what_it_wrote() {
     assert_eq!(r.status, i32::from(kiln_abi::EXIT_TENDER_ERROR), "{r:?}");
     assert!(r.stderr.contains("no --disk data=FILE"), "{r:?}");
 }
+
+#[test]
+fn socket_api_works_over_the_in_image_loopback() {
+    let img = image("tests/images/net-loopback");
+    for t in tenders() {
+        let r = run(t, &img, &["--mem", "64M"], &[]);
+        assert_eq!(r.status, 0, "{t}: {r:?}");
+        assert!(r.stdout.lines().any(|l| l == "net-loopback ok"), "{t}: {r:?}");
+    }
+}

@@ -3,8 +3,10 @@
 //! [`block_on`] runs a future to completion together with every task started
 //! by [`spawn`]. When no task can run, the executor waits in the POLL
 //! hypercall until the earliest timer ([`sleep`], [`sleep_until`],
-//! [`timeout`]) is due or a device it waits on ([`device_ready`]) has input;
-//! the instance uses no CPU meanwhile.
+//! [`timeout`]) is due, a device it waits on ([`device_ready`]) has input,
+//! or the network stack needs attention (frames arrived, a TCP timer); the
+//! instance uses no CPU meanwhile. Between rounds of tasks it lets the
+//! network stack send what the tasks wrote and take in waiting frames.
 //!
 //! ```ignore
 //! use core::time::Duration;
@@ -61,6 +63,8 @@ struct Runtime {
     next_registration: u64,
     /// Whether `block_on` is running (it must not be nested).
     running: bool,
+    /// An I/O driver turned between rounds of tasks (the network stack).
+    reactor: Option<&'static dyn Reactor>,
 }
 
 impl Runtime {
@@ -73,6 +77,7 @@ impl Runtime {
             device_waiters: BTreeMap::new(),
             next_registration: 0,
             running: false,
+            reactor: None,
         }
     }
 
@@ -83,6 +88,57 @@ impl Runtime {
 }
 
 static RUNTIME: Global<Runtime> = Global::new(Runtime::new());
+
+/// An event source the executor drives itself, between rounds of tasks:
+/// the network stack. It does its I/O in [`turn`](Reactor::turn) and wakes
+/// the tasks waiting on it; the executor turns it whenever it has work (tasks
+/// queued output, input is waiting, or its deadline passed) and, when no task
+/// can run, waits in POLL for its device input or its deadline as well as
+/// for the timers.
+///
+/// Kept behind a `&'static dyn` so that images that never start the network
+/// stack link none of it.
+pub(crate) trait Reactor {
+    /// Bits of POLL's ready mask (device indices) whose input it consumes.
+    fn interest(&self) -> u64;
+    /// Whether a turn is due at `now` (monotonic ns) given POLL's latest
+    /// `ready` mask (0 when POLL was not called).
+    fn has_work(&self, ready: u64, now: &mut LazyNow) -> bool;
+    /// Does the pending I/O and wakes tasks. Must not call into the executor
+    /// except to wake wakers.
+    fn turn(&self, now: u64);
+    /// When it next needs a turn without new input (monotonic ns).
+    fn deadline(&self) -> Option<u64>;
+}
+
+/// The current monotonic time, read at most once and only if needed.
+pub(crate) struct LazyNow(Option<u64>);
+
+impl LazyNow {
+    fn new() -> Self {
+        LazyNow(None)
+    }
+
+    /// The time, read on first use.
+    pub(crate) fn get(&mut self) -> u64 {
+        *self.0.get_or_insert_with(time::monotonic_ns)
+    }
+}
+
+/// Installs the reactor the executor turns between rounds (once; later calls
+/// replace it).
+#[cfg_attr(not(feature = "net"), allow(dead_code))]
+pub(crate) fn set_reactor(reactor: &'static dyn Reactor) {
+    RUNTIME.with(|rt| rt.reactor = Some(reactor));
+}
+
+/// Forgets every task, timer and the reactor (host tests only; a test that
+/// panicked inside `block_on` leaves its state behind otherwise).
+#[cfg(test)]
+pub(crate) fn reset() {
+    let old = RUNTIME.with(|rt| core::mem::replace(rt, Runtime::new()));
+    drop(old);
+}
 
 /// The waker of one task: waking queues the task once until it is polled.
 struct TaskWaker {
@@ -173,21 +229,46 @@ fn run_task(id: TaskId) {
     }
 }
 
-/// Fires due timers; if nothing is runnable (`busy` false) and no timer is
-/// due, first waits in POLL for the next timer or device input (when tasks
-/// are runnable, only checks for device input without waiting). Wakes
-/// whoever was waiting.
+/// Turns the reactor if it has work; fires due timers; if nothing is
+/// runnable (`busy` false) and no timer is due, first waits in POLL for the
+/// next timer, reactor deadline or device input (when tasks are runnable,
+/// only checks for device input without waiting). Wakes whoever was
+/// waiting.
 fn wait_for_events(busy: bool) {
-    let (next_deadline, waiting_on_devices) = RUNTIME.with(|rt| {
+    let reactor = RUNTIME.with(|rt| rt.reactor);
+    let mut clock = LazyNow::new();
+    // Flush what the tasks of this round queued (and take in input that an
+    // earlier POLL announced) before deciding whether to sleep.
+    let mut reactor_busy = false;
+    if let Some(r) = reactor {
+        if r.has_work(0, &mut clock) {
+            r.turn(clock.get());
+            clock = LazyNow::new();
+            // Still work left (a capped batch, frames sent to ourselves):
+            // do not sleep.
+            reactor_busy = r.has_work(0, &mut clock);
+        }
+    }
+    let (next_timer, waiting_on_devices, busy) = RUNTIME.with(|rt| {
         (
             rt.timers.keys().next().map(|&(deadline, _)| deadline),
             !rt.device_waiters.is_empty(),
+            busy || reactor_busy || !rt.ready.is_empty(),
         )
     });
-    let mut now = next_deadline.map(|_| time::monotonic_ns());
-    let timer_due = matches!((next_deadline, now), (Some(d), Some(n)) if d <= n);
+    let reactor_deadline = reactor.and_then(|r| r.deadline());
+    let next_deadline = match (next_timer, reactor_deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let interest = reactor.map_or(0, |r| r.interest());
+    let waiting_on_devices = waiting_on_devices || interest != 0;
+    let due = match next_deadline {
+        Some(d) => d <= clock.get(),
+        None => false,
+    };
     let mut ready_mask = 0;
-    if busy || timer_due {
+    if busy || due {
         // Tasks are runnable: do not block, but still notice device input,
         // so a busy task cannot starve one waiting on a device.
         if waiting_on_devices {
@@ -198,11 +279,20 @@ fn wait_for_events(busy: bool) {
         panic!("kiln_rt::executor: every task is waiting, but no timer or device can wake one");
     } else {
         ready_mask = time::wait(next_deadline.unwrap_or(u64::MAX));
-        if next_deadline.is_some() {
-            now = Some(time::monotonic_ns());
+        clock = LazyNow::new();
+    }
+    // Input or a deadline: let the reactor handle it now, so the tasks it
+    // wakes run in the next round.
+    if let Some(r) = reactor {
+        if r.has_work(ready_mask, &mut clock) {
+            r.turn(clock.get());
+            clock = LazyNow::new();
         }
     }
-    let now = now.unwrap_or(0);
+    let now = match next_timer {
+        Some(_) => clock.get(),
+        None => 0,
+    };
     let to_wake: Vec<Waker> = RUNTIME.with(|rt| {
         let mut wakers = Vec::new();
         while let Some(entry) = rt.timers.first_entry() {

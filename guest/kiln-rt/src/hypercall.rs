@@ -16,7 +16,9 @@
 //! the rest of kiln-rt uses.
 
 use core::sync::atomic::{AtomicUsize, Ordering};
-use kiln_abi::{nr, Abort, Clock, ConsoleWrite, Halt, Poll, ABORT_MSG_MAX, HVT_PORT_BASE};
+use kiln_abi::{
+    nr, Abort, Clock, ConsoleWrite, Halt, NetRead, NetWrite, Poll, ABORT_MSG_MAX, HVT_PORT_BASE,
+};
 
 /// The spt hypercall function's address, or 0 for port I/O (hvt). Set once
 /// by `_start` from the BootInfo.
@@ -122,6 +124,38 @@ pub(crate) fn poll(deadline_ns: u64) -> u64 {
     // SAFETY: POLL writes only the struct itself.
     unsafe { hypercall(nr::POLL, &mut arg) };
     arg.ready
+}
+
+/// Receives one Ethernet frame from network device `device` into `buf`:
+/// the frame length, or a negative errno (`EAGAIN` when none is waiting).
+#[cfg_attr(not(feature = "net"), allow(dead_code))]
+pub(crate) fn net_read(device: usize, buf: &mut [u8]) -> i64 {
+    let mut arg = NetRead {
+        device: device as u64,
+        buf: buf.as_mut_ptr() as u64,
+        len: buf.len() as u64,
+        ret: 0,
+    };
+    // SAFETY: NET_READ writes at most `len` bytes at `buf`, which is `buf`,
+    // exclusively borrowed for the call.
+    unsafe { hypercall(nr::NET_READ, &mut arg) };
+    arg.ret
+}
+
+/// Sends one Ethernet frame on network device `device`: the number of
+/// bytes sent, or a negative errno.
+#[cfg_attr(not(feature = "net"), allow(dead_code))]
+pub(crate) fn net_write(device: usize, frame: &[u8]) -> i64 {
+    let mut arg = NetWrite {
+        device: device as u64,
+        buf: frame.as_ptr() as u64,
+        len: frame.len() as u64,
+        ret: 0,
+    };
+    // SAFETY: NET_WRITE only reads `len` bytes at `buf`, which is `frame`,
+    // borrowed for the call.
+    unsafe { hypercall(nr::NET_WRITE, &mut arg) };
+    arg.ret
 }
 
 /// Ends the instance with `code`; `kiln run` exits with `code & 0xff`.

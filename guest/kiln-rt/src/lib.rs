@@ -22,8 +22,8 @@
 //! ([`print!`], [`println!`], [`eprintln!`] and a [`log`] backend),
 //! monotonic and wall-clock time ([`time`]), a single-threaded async
 //! executor ([`executor`]), arguments and environment ([`mod@env`]), block
-//! devices ([`block`]), and a panic handler that ends the instance with the
-//! panic message.
+//! devices ([`block`]), TCP/IP networking (`net`, with the `net` feature),
+//! and a panic handler that ends the instance with the panic message.
 //!
 //! The image talks to its tender only through the hypercalls of
 //! [`kiln_abi`] (re-exported as [`abi`]); everything above the small
@@ -60,6 +60,8 @@ mod hypercall;
 pub mod logger;
 pub mod manifest;
 mod mem;
+#[cfg(feature = "net")]
+pub mod net;
 mod panic;
 mod start;
 pub mod time;

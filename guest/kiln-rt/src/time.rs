@@ -1,6 +1,7 @@
 //! Time: a monotonic clock ([`Instant`]), the wall clock ([`wall_clock`]) and
 //! a blocking [`sleep`]. For sleeping inside async code use
-//! [`executor::sleep`](crate::executor::sleep).
+//! [`executor::sleep`](crate::executor::sleep); to bound how long a future
+//! may take, [`timeout`].
 //!
 //! The monotonic clock is the host's `CLOCK_MONOTONIC`. When the tender
 //! allows reading the time-stamp counter (`BootInfo::tsc_hz != 0`), kiln-rt
@@ -9,6 +10,8 @@
 //! CLOCK hypercall. Readings never go backwards.
 
 use core::ops::{Add, AddAssign, Sub};
+
+pub use crate::executor::{timeout, Elapsed};
 use core::time::Duration;
 
 const NANOS_PER_SEC: u128 = 1_000_000_000;
