@@ -246,6 +246,9 @@ fn socket_api_works_over_the_in_image_loopback() {
     for t in tenders() {
         let r = run(t, &img, &["--mem", "64M"], &[]);
         assert_eq!(r.status, 0, "{t}: {r:?}");
-        assert!(r.stdout.lines().any(|l| l == "net-loopback ok"), "{t}: {r:?}");
+        assert!(
+            r.stdout.lines().any(|l| l == "net-loopback ok"),
+            "{t}: {r:?}"
+        );
     }
 }
