@@ -193,19 +193,44 @@ pub struct BlockIo {
 
 /// Argument of [`nr::NET_RINGS`]: from now on frames of `device` travel
 /// through two rings in guest memory instead of NET_READ/NET_WRITE. Each ring
-/// is [`NET_RING_SIZE`] bytes, page aligned, in writable guest memory, laid
-/// out as a [`NetRingHeader`] followed by [`NET_RING_SLOTS`] slots of
-/// [`NET_SLOT_SIZE`] bytes (a little-endian u32 frame length, 4 reserved
-/// bytes, then the frame).
+/// is [`NET_RING_SIZE`] bytes, page aligned, in writable guest memory (the
+/// two must not overlap), laid out as a [`NetRingHeader`] in its first page
+/// followed by [`NET_RING_SLOTS`] slots of [`NET_SLOT_SIZE`] bytes (a
+/// little-endian u32 frame length, 4 reserved bytes, then the frame). The
+/// guest zeroes both rings before the call: indices start at 0.
 ///
 /// Each ring has one producer and one consumer; indices run freely and wrap
-/// at 2^32, slot = index % NET_RING_SLOTS. The guest produces into `tx` and
-/// consumes from `rx`; the tender does the opposite. After producing into
-/// `tx` the guest kicks the tender by writing the device index to the
-/// doorbell port [`HVT_NET_DOORBELL_PORT`] (hvt: caught in the kernel, no
-/// exit to the tender's vCPU thread). The guest learns of new `rx` frames by
-/// reading the producer index, and waits for them in POLL. A header whose
-/// indices or lengths are impossible ends the instance.
+/// at 2^32, slot = index % NET_RING_SLOTS, and `producer - consumer` (mod
+/// 2^32) is the number of frames in the ring, never more than
+/// NET_RING_SLOTS. The producer fills a slot, then publishes it by storing
+/// the new `producer` index (release); the consumer reads `producer`
+/// (acquire), copies the frame out, then stores its new `consumer` index
+/// (release). The guest produces into `tx` and consumes from `rx`; the
+/// tender does the opposite.
+///
+/// * Transmit: after producing a batch into `tx`, the guest kicks the
+///   tender once with a 4-byte `out dx, eax` of the device index to
+///   [`HVT_NET_DOORBELL_PORT`] (caught in the host kernel by an ioeventfd:
+///   no exit to the tender's user space). A full `tx` ring means the
+///   tender is behind: the guest kicks and may drop the frame.
+/// * Receive: the guest reads `rx` without any hypercall. When it has
+///   nothing else to do it waits in POLL, which reports the device ready
+///   (bit `device`) once `rx` holds frames.
+/// * Back-pressure: a producer that finds its ring full sets
+///   [`NetRingHeader::wants_kick`], issues a full memory barrier, looks at
+///   `consumer` once more, and waits if the ring is still full. The
+///   consumer, after storing `consumer` and a full barrier, looks at the
+///   flag and, while it is set, notifies the producer at least once per
+///   [`NET_RING_KICK_BATCH`] frames it consumes: the guest by kicking the
+///   doorbell (for `rx`), the tender by making POLL return (for `tx`). The
+///   producer clears the flag when it goes on.
+///
+/// After a successful call NET_READ and NET_WRITE on the device answer
+/// ENODEV. The tender validates every value it reads from the rings: a
+/// frame count above NET_RING_SLOTS, or a `tx` frame length above
+/// [`NET_SLOT_FRAME_MAX`] or the device's MTU + 14, ends the instance, as
+/// do rings that are not page aligned, overlap, or are not writable guest
+/// memory. A `tx` frame shorter than an Ethernet header is dropped.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetRings {
@@ -215,8 +240,9 @@ pub struct NetRings {
     pub rx: u64,
     /// Guest address of the transmit ring (guest produces).
     pub tx: u64,
-    /// Out: 0, or a negative [`errno`] (ENODEV when the tender offers no rings
-    /// for this device: keep using NET_READ/NET_WRITE).
+    /// Out: 0, or a negative [`errno`]: ENODEV when the tender offers no
+    /// rings for this device (keep using NET_READ/NET_WRITE), EINVAL when
+    /// the device already uses rings.
     pub ret: i64,
 }
 
@@ -228,20 +254,37 @@ pub struct NetRingHeader {
     pub producer: u32,
     /// Written by the consumer: number of frames consumed so far.
     pub consumer: u32,
+    /// Written by the producer: nonzero while it waits for a free slot and
+    /// wants to be notified when the consumer frees one (see [`NetRings`]).
+    pub wants_kick: u32,
     /// Reserved, zero.
-    pub _reserved: [u32; 14],
+    pub _reserved: [u32; 13],
 }
 
 /// Slots in one ring (a power of two).
 pub const NET_RING_SLOTS: u64 = 256;
-/// Bytes per slot: an 8-byte length word and up to 2040 bytes of frame.
+/// Bytes per slot: a 4-byte length, 4 reserved bytes and up to 2040 bytes of frame.
 pub const NET_SLOT_SIZE: u64 = 2048;
 /// Largest frame a slot carries.
 pub const NET_SLOT_FRAME_MAX: u64 = NET_SLOT_SIZE - 8;
+/// While a producer waits ([`NetRingHeader::wants_kick`]), the consumer
+/// notifies it at least once per this many frames consumed.
+pub const NET_RING_KICK_BATCH: u64 = 32;
 /// Bytes in one ring: one page of header, then the slots.
 pub const NET_RING_SIZE: u64 = PAGE_SIZE + NET_RING_SLOTS * NET_SLOT_SIZE;
-/// hvt: the doorbell port for transmit kicks in [`nr::NET_RINGS`] mode.
+/// hvt: the doorbell port for kicks in [`nr::NET_RINGS`] mode: a 4-byte
+/// `out dx, eax` with `eax` = the device index.
 pub const HVT_NET_DOORBELL_PORT: u16 = HVT_PORT_BASE + 0x40;
+/// Byte offset of [`NetRingHeader::producer`] in a ring.
+pub const NET_RING_PRODUCER: u64 = 0;
+/// Byte offset of [`NetRingHeader::consumer`] in a ring.
+pub const NET_RING_CONSUMER: u64 = 4;
+/// Byte offset of [`NetRingHeader::wants_kick`] in a ring.
+pub const NET_RING_WANTS_KICK: u64 = 8;
+/// Byte offset of slot `i` in a ring: `NET_RING_SLOT0 + i * NET_SLOT_SIZE`.
+pub const NET_RING_SLOT0: u64 = PAGE_SIZE;
+/// Byte offset of the frame in a slot (after the length word and 4 reserved bytes).
+pub const NET_SLOT_FRAME: u64 = 8;
 
 /// Largest transfer one block hypercall may ask for.
 pub const BLOCK_IO_MAX: u64 = 1024 * 1024;
@@ -531,6 +574,10 @@ const _: () = assert!(MANIFEST_SIZE == 16 + 24 * MAX_DEVICES);
 const _: () = assert!(core::mem::align_of::<Manifest>() == 4);
 const _: () = assert!(core::mem::size_of::<DeviceInfo>() == 40 + 48);
 const _: () = assert!(core::mem::size_of::<NetRingHeader>() == 64);
+const _: () = assert!(core::mem::offset_of!(NetRingHeader, consumer) == NET_RING_CONSUMER as usize);
+const _: () =
+    assert!(core::mem::offset_of!(NetRingHeader, wants_kick) == NET_RING_WANTS_KICK as usize);
+const _: () = assert!(NET_RING_SLOTS.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<BootInfo>() == 96 + 88 * MAX_DEVICES);
 const _: () = assert!(core::mem::size_of::<ManifestNote>() == 20 + MANIFEST_SIZE);
 

@@ -1,19 +1,23 @@
 //! Setting up one instance: VM, guest memory with the image and the
 //! tender's structures, the vCPU, the sandbox.
 
-use std::sync::Mutex;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_abi::tender;
+use kiln_abi::{device, tender, HVT_NET_DOORBELL_PORT, MAX_DEVICES};
 use kiln_tender::{BootBlock, Host, RunConfig};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout::{
     Layout, GDT_ADDR, IDT_ADDR, PAGE_TABLES_BASE, RING0_STACK_TOP, STUBS_PAGE, TSS_ADDR,
 };
+use crate::rings::RingPair;
+use crate::seccomp::RingFds;
 use crate::vcpu::{self, KvmError};
-use crate::{paging, seccomp, x86, HvtError};
+use crate::{io, paging, seccomp, x86, HvtError};
 
 /// How long each setup step took, for `-v`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -28,8 +32,32 @@ pub struct Timings {
     pub load: Duration,
     /// Creating and configuring the vCPU.
     pub vcpu: Duration,
-    /// Building and installing the seccomp filter.
+    /// Eventfds, the doorbell's ioeventfd and the I/O thread (zero
+    /// without network devices).
+    pub net: Duration,
+    /// Building and installing the seccomp filters.
     pub seccomp: Duration,
+}
+
+/// The instance's network devices as the ring path needs them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NetInfo {
+    /// Bit `i`: device `i` is a network device.
+    pub mask: u64,
+    /// Largest frame of each device (MTU + 14).
+    pub frame_max: [usize; MAX_DEVICES],
+}
+
+/// The ring machinery of an instance with network devices.
+#[derive(Debug)]
+pub struct NetRings {
+    /// What the vCPU thread shares with the I/O thread.
+    pub shared: Arc<io::Shared>,
+    /// Whether KVM catches doorbell kicks in the kernel (else they exit to
+    /// the run loop, which forwards them).
+    pub doorbell_in_kernel: bool,
+    /// The rings of each device in ring mode.
+    pub pairs: [Option<RingPair>; MAX_DEVICES],
 }
 
 /// A ready-to-run instance. Field order is drop order: the vCPU and the VM
@@ -45,6 +73,10 @@ pub struct Instance {
     pub layout: Layout,
     /// Devices, console, clocks.
     pub host: Host,
+    /// The network devices.
+    pub net: NetInfo,
+    /// Shared-memory rings: present when the image has network devices.
+    pub rings: Option<NetRings>,
     /// When VM creation started.
     pub created: Instant,
     /// Setup timings.
@@ -162,6 +194,35 @@ impl Instance {
         let tsc_hz = vcpu::tsc_hz(&vcpu_fd);
         lap(&mut t.vcpu);
 
+        let infos = host.device_infos();
+        let mut net = NetInfo::default();
+        for (i, info) in infos.iter().enumerate().take(MAX_DEVICES) {
+            if info.kind == device::NET {
+                net.mask |= 1 << i;
+                net.frame_max[i] = info.unit as usize + 14;
+            }
+        }
+        let rings = if net.mask != 0 {
+            let shared = io::Shared::new(mem.clone()).map_err(HvtError::Net)?;
+            // The doorbell: a PIO ioeventfd, so that a kick costs no exit
+            // to this process. Without it the run loop forwards kicks.
+            let doorbell_in_kernel = vm
+                .register_ioevent(
+                    &shared.doorbell,
+                    &IoEventAddress::Pio(u64::from(HVT_NET_DOORBELL_PORT)),
+                    NoDatamatch,
+                )
+                .is_ok();
+            Some(NetRings {
+                shared: Arc::new(shared),
+                doorbell_in_kernel,
+                pairs: [None; MAX_DEVICES],
+            })
+        } else {
+            None
+        };
+        lap(&mut t.net);
+
         let boot = BootBlock {
             base: layout.boot_info,
             tender: tender::HVT,
@@ -170,7 +231,7 @@ impl Instance {
             stack_bottom: layout.stack_bottom,
             tsc_hz,
         }
-        .build(cfg, &host.device_infos())?;
+        .build(cfg, &infos)?;
         write(&mem, "BootInfo", layout.boot_info, &boot)?;
         let mut boot_time = Duration::ZERO;
         lap(&mut boot_time);
@@ -185,18 +246,68 @@ impl Instance {
             mem,
             layout,
             host,
+            net,
+            rings,
             created,
             timings: t,
         })
     }
 
-    /// Confines the process to what the run loop needs.
+    /// Starts the network I/O thread (when there are network devices) and
+    /// confines both threads to what they need: the I/O thread installs
+    /// its filter first, then this (the vCPU) thread.
     pub fn sandbox(&mut self) -> Result<(), HvtError> {
-        use std::os::fd::AsRawFd;
         let start = Instant::now();
-        let filter = seccomp::build(self.vcpu.as_raw_fd(), &self.host.fds())?;
-        seccomp::install(&filter)?;
+        seccomp::install_reporter()?;
+        let net_fds = self.host.net_fds();
+        let ring_fds = self.rings.as_ref().map(|r| RingFds {
+            doorbell: r.shared.doorbell.as_raw_fd(),
+            wake: r.shared.wake.as_raw_fd(),
+        });
+        if let (Some(r), Some(fds)) = (&self.rings, ring_fds) {
+            let filter = seccomp::build_io(&net_fds, fds)?;
+            start_io_thread(r.shared.clone(), filter)?;
+        }
+        let filter = seccomp::build(self.vcpu.as_raw_fd(), &self.host.fds(), &net_fds, ring_fds)?;
+        seccomp::install_thread(&filter)?;
         self.timings.seccomp = start.elapsed();
         Ok(())
+    }
+}
+
+/// Starts the I/O thread and waits until it has confined itself with
+/// `filter`; from then on it does not allocate.
+fn start_io_thread(
+    shared: Arc<io::Shared>,
+    filter: seccompiler::BpfProgram,
+) -> Result<(), HvtError> {
+    const STARTING: u8 = 0;
+    const CONFINED: u8 = 1;
+    const FAILED: u8 = 2;
+    let state = Arc::new(AtomicU8::new(STARTING));
+    let theirs = state.clone();
+    std::thread::Builder::new()
+        .name("kiln-net-io".into())
+        .spawn(move || {
+            if seccomp::install_thread(&filter).is_err() {
+                theirs.store(FAILED, Ordering::Release);
+                return;
+            }
+            theirs.store(CONFINED, Ordering::Release);
+            // Never returns, so `filter` (like everything else here) is
+            // never freed under the filter.
+            io::run(&shared)
+        })
+        .map_err(HvtError::Net)?;
+    loop {
+        match state.load(Ordering::Acquire) {
+            STARTING => std::thread::yield_now(),
+            CONFINED => return Ok(()),
+            _ => {
+                return Err(HvtError::Net(std::io::Error::other(
+                    "the network I/O thread could not install its seccomp filter",
+                )))
+            }
+        }
     }
 }

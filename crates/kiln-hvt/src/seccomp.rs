@@ -1,18 +1,34 @@
 //! The monitor's own sandbox, installed after setup and before the first
-//! `KVM_RUN`.
+//! `KVM_RUN`, on every thread: the vCPU thread and, when the image has
+//! network devices, the network I/O thread (`io`), each with its own
+//! filter (filters are per thread; the I/O thread installs its own before
+//! the vCPU thread installs its filter and enters the guest).
 //!
-//! From then on the process does only what the run loop and the hypercall
-//! path need. Each allowed system call, and why:
+//! From then on the process does only what the run loop, the hypercall
+//! path and the ring I/O need. The vCPU thread's filter ([`build`]):
 //!
 //! | system call       | restricted to                         | used by |
 //! |-------------------|---------------------------------------|---------|
 //! | `ioctl`           | the vCPU fd; `KVM_RUN`, `KVM_GET_REGS`, `KVM_GET_SREGS` | the run loop; reading the exception frame and CR2 after a fault |
-//! | `write`           | fds 1 and 2                           | CONSOLE_WRITE (stdout), the exit report and `-v` timings (stderr) |
+//! | `write`           | fds 1 and 2; the network backends' fds; the doorbell eventfd | CONSOLE_WRITE (stdout), the exit report and `-v` timings (stderr); NET_WRITE; handing a device to the I/O thread |
+//! | `read`            | the network backends' fds of [`kiln_tender::Host::net_fds`]; the wake eventfd | NET_READ; POLL draining the I/O thread's wake-ups |
+//! | `ppoll`           | no signal mask (argument 3 is null); only with network devices | POLL waiting on the backends or the wake eventfd |
+//! | `futex`           | private wait and wake; only with network devices | the lock on the hand-over to the I/O thread |
 //! | `pread64`, `pwrite64` | the block-device fds of [`kiln_tender::Host::fds`] | BLOCK_READ, BLOCK_WRITE |
 //! | `clock_gettime`   | —                                     | CLOCK, POLL and timings (normally served by the vDSO; allowed for hosts whose clock source forces the system call) |
 //! | `clock_nanosleep` | —                                     | POLL's sleep until its deadline |
 //! | `exit_group`      | —                                     | `kiln_tender::finish` |
-//! | `rt_sigreturn`    | —                                     | returning from a signal handler the runtime may run (none is expected) |
+//! | `rt_sigreturn`    | —                                     | returning from a signal handler (SIGINT/SIGTERM with `-v`) |
+//!
+//! The I/O thread's filter ([`build_io`]) has no `ioctl` at all:
+//!
+//! | system call       | restricted to                         | used by |
+//! |-------------------|---------------------------------------|---------|
+//! | `read`            | the network backends' fds; the doorbell eventfd | frames in; kicks |
+//! | `write`           | fd 2; the network backends' fds; the wake eventfd | reports (a device that went down, a ring violation); frames out; waking POLL |
+//! | `ppoll`           | no signal mask                        | waiting for kicks and backends |
+//! | `futex`           | private wait and wake                 | the hand-over lock |
+//! | `exit_group`, `rt_sigreturn` | —                          | ending the instance; signal handlers |
 //!
 //! Everything else — opening files, sockets, `mmap`, creating more KVM
 //! objects, `ioctl` on the VM or `/dev/kvm` fds — raises `SIGSYS`; the
@@ -76,9 +92,35 @@ fn any_of(
         .collect()
 }
 
+/// The descriptors of an instance's network rings.
+#[derive(Debug, Clone, Copy)]
+pub struct RingFds {
+    /// Kicks toward the I/O thread.
+    pub doorbell: RawFd,
+    /// Wake-ups toward the vCPU thread's POLL.
+    pub wake: RawFd,
+}
+
+/// `futex` operations `std`'s locks use (private wait, private wake).
+const FUTEX_OPS: [u64; 3] = [
+    (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as u64,
+    (libc::FUTEX_WAIT_BITSET | libc::FUTEX_PRIVATE_FLAG) as u64,
+    (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as u64,
+];
+
+fn fd_values(fds: &[RawFd]) -> impl Iterator<Item = u64> + Clone + '_ {
+    fds.iter().map(|&fd| fd as u64)
+}
+
 /// Builds the filter for a run loop on `vcpu_fd` whose hypercalls use the
-/// block-device descriptors `disk_fds`.
-pub fn build(vcpu_fd: RawFd, disk_fds: &[RawFd]) -> Result<BpfProgram, SeccompError> {
+/// block-device descriptors `disk_fds` and the network backends `net_fds`,
+/// with the eventfds of the ring I/O thread when there is one.
+pub fn build(
+    vcpu_fd: RawFd,
+    disk_fds: &[RawFd],
+    net_fds: &[RawFd],
+    rings: Option<RingFds>,
+) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     rules.insert(
         libc::SYS_ioctl,
@@ -87,8 +129,26 @@ pub fn build(vcpu_fd: RawFd, disk_fds: &[RawFd]) -> Result<BpfProgram, SeccompEr
             .map(|req| SeccompRule::new(vec![eq(0, vcpu_fd as u64)?, eq(1, req)?]))
             .collect::<Result<_, _>>()?,
     );
-    rules.insert(libc::SYS_write, any_of(0, [1, 2])?);
-    let disks = disk_fds.iter().map(|&fd| fd as u64);
+    let mut writable: Vec<u64> = vec![1, 2];
+    writable.extend(fd_values(net_fds));
+    let mut readable: Vec<u64> = fd_values(net_fds).collect();
+    if let Some(r) = rings {
+        writable.push(r.doorbell as u64);
+        readable.push(r.wake as u64);
+    }
+    rules.insert(libc::SYS_write, any_of(0, writable)?);
+    if !readable.is_empty() {
+        rules.insert(libc::SYS_read, any_of(0, readable)?);
+    }
+    if !net_fds.is_empty() || rings.is_some() {
+        // ppoll's descriptors sit in memory, out of the filter's sight;
+        // the signal mask is pinned to none.
+        rules.insert(libc::SYS_ppoll, vec![SeccompRule::new(vec![eq(3, 0)?])?]);
+    }
+    if rings.is_some() {
+        rules.insert(libc::SYS_futex, any_of(1, FUTEX_OPS)?);
+    }
+    let disks = fd_values(disk_fds);
     if disk_fds.is_empty() {
         // No block device: no pread/pwrite at all.
     } else {
@@ -103,6 +163,29 @@ pub fn build(vcpu_fd: RawFd, disk_fds: &[RawFd]) -> Result<BpfProgram, SeccompEr
     ] {
         rules.insert(unconditional, Vec::new());
     }
+    compile(rules)
+}
+
+/// Builds the filter of the network I/O thread, which moves frames between
+/// the backends `net_fds` and the rings.
+pub fn build_io(net_fds: &[RawFd], rings: RingFds) -> Result<BpfProgram, SeccompError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    let mut readable: Vec<u64> = fd_values(net_fds).collect();
+    readable.push(rings.doorbell as u64);
+    let mut writable: Vec<u64> = vec![2];
+    writable.extend(fd_values(net_fds));
+    writable.push(rings.wake as u64);
+    rules.insert(libc::SYS_read, any_of(0, readable)?);
+    rules.insert(libc::SYS_write, any_of(0, writable)?);
+    rules.insert(libc::SYS_ppoll, vec![SeccompRule::new(vec![eq(3, 0)?])?]);
+    rules.insert(libc::SYS_futex, any_of(1, FUTEX_OPS)?);
+    for unconditional in [libc::SYS_exit_group, libc::SYS_rt_sigreturn] {
+        rules.insert(unconditional, Vec::new());
+    }
+    compile(rules)
+}
+
+fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, SeccompError> {
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Trap,
@@ -112,10 +195,13 @@ pub fn build(vcpu_fd: RawFd, disk_fds: &[RawFd]) -> Result<BpfProgram, SeccompEr
     Ok(filter.try_into()?)
 }
 
-/// Installs the SIGSYS reporter, then `filter`, on the calling thread (the
-/// only thread of a tender).
-pub fn install(filter: &BpfProgram) -> Result<(), SeccompError> {
-    install_sigsys_handler().map_err(SeccompError::Handler)?;
+/// Installs the SIGSYS reporter for the whole process.
+pub fn install_reporter() -> Result<(), SeccompError> {
+    install_sigsys_handler().map_err(SeccompError::Handler)
+}
+
+/// Installs `filter` on the calling thread only.
+pub fn install_thread(filter: &BpfProgram) -> Result<(), SeccompError> {
     seccompiler::apply_filter(filter)?;
     Ok(())
 }
@@ -220,8 +306,9 @@ mod tests {
     fn blocked_call_is_reported() {
         const CASE: &str = "KILN_HVT_SECCOMP_CHILD";
         if std::env::var_os(CASE).is_some() {
-            let filter = build(1000, &[]).unwrap();
-            install(&filter).unwrap();
+            let filter = build(1000, &[], &[], None).unwrap();
+            install_reporter().unwrap();
+            install_thread(&filter).unwrap();
             // Allowed: write to stderr.
             let _ = kiln_tender::sys::write_all(2, b"sandboxed\n");
             // Forbidden: getpid.
@@ -249,9 +336,66 @@ mod tests {
         assert!(stderr.contains(&want), "{stderr}");
     }
 
+    /// In a child process: the I/O thread's filter admits eventfd I/O on
+    /// its descriptors and ppoll, and nothing else (here: a read of
+    /// another descriptor).
+    #[test]
+    fn io_thread_filter_admits_only_its_descriptors() {
+        const CASE: &str = "KILN_HVT_SECCOMP_IO_CHILD";
+        if std::env::var_os(CASE).is_some() {
+            let doorbell = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            let wake = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            let other = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            use std::os::fd::AsRawFd;
+            let fds = RingFds {
+                doorbell: doorbell.as_raw_fd(),
+                wake: wake.as_raw_fd(),
+            };
+            let filter = build_io(&[], fds).unwrap();
+            install_reporter().unwrap();
+            std::thread::spawn(move || {
+                install_thread(&filter).unwrap();
+                wake.write(1).unwrap();
+                // Nothing to read: EAGAIN, but the call is admitted.
+                assert!(doorbell.read().is_err());
+                let _ = kiln_tender::sys::write_all(2, b"io thread confined\n");
+                // Forbidden: a descriptor that is not the thread's.
+                let _ = other.read();
+                unreachable!("read of another descriptor returned");
+            })
+            .join()
+            .unwrap();
+            unreachable!("the I/O thread returned");
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "seccomp::tests::io_thread_filter_admits_only_its_descriptors",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(CASE, "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(i32::from(kiln_abi::EXIT_CRASHED)),
+            "{stderr}"
+        );
+        assert!(stderr.contains("io thread confined\n"), "{stderr}");
+        let want = format!("system call {} is not allowed", libc::SYS_read);
+        assert!(stderr.contains(&want), "{stderr}");
+    }
+
     #[test]
     fn filter_compiles_with_and_without_disks() {
-        assert!(!build(5, &[]).unwrap().is_empty());
-        assert!(!build(5, &[7, 8]).unwrap().is_empty());
+        assert!(!build(5, &[], &[], None).unwrap().is_empty());
+        assert!(!build(5, &[7, 8], &[], None).unwrap().is_empty());
+        let rings = RingFds {
+            doorbell: 10,
+            wake: 11,
+        };
+        assert!(!build(5, &[7, 8], &[9], Some(rings)).unwrap().is_empty());
+        assert!(!build_io(&[9], rings).unwrap().is_empty());
     }
 }

@@ -5,7 +5,7 @@
 //! Everything here is pure byte encoding, independent of KVM, so it can be
 //! checked by unit tests against the architecture manuals.
 
-use kiln_abi::{nr, HVT_PORT_BASE};
+use kiln_abi::{nr, HVT_NET_DOORBELL_PORT, HVT_PORT_BASE};
 
 /// GDT selector of the ring-0 64-bit code segment (IDT gates point here).
 pub const KERNEL_CS: u16 = 0x08;
@@ -100,12 +100,21 @@ pub const TSS_HEADER_SIZE: usize = 0x68;
 /// are therefore reachable with narrower accesses; the monitor treats any
 /// exit on them (or any access that is not 4 bytes wide) as an unknown
 /// hypercall. Port `HVT_PORT_BASE` itself (nr 0) stays denied.
+///
+/// The bitmap also admits the four ports of the network doorbell
+/// ([`DOORBELL_FIRST`]..=[`DOORBELL_LAST`]), which a 4-byte `out` to
+/// `HVT_NET_DOORBELL_PORT` touches.
 pub const IO_ALLOWED_FIRST: u16 = HVT_PORT_BASE + 1;
-/// Last allowed port (inclusive); see [`IO_ALLOWED_FIRST`].
-pub const IO_ALLOWED_LAST: u16 = HVT_PORT_BASE + nr::COUNT as u16 - 1 + 3;
-/// Bytes of bitmap: enough to describe every port up to `IO_ALLOWED_LAST`.
+/// Last allowed hypercall port (inclusive); see [`IO_ALLOWED_FIRST`].
+pub const HYPERCALL_PORTS_LAST: u16 = HVT_PORT_BASE + nr::COUNT as u16 - 1 + 3;
+/// The doorbell port (NET_RINGS kicks).
+pub const DOORBELL_FIRST: u16 = HVT_NET_DOORBELL_PORT;
+/// The last port a 4-byte doorbell write touches.
+pub const DOORBELL_LAST: u16 = HVT_NET_DOORBELL_PORT + 3;
+const _: () = assert!(HYPERCALL_PORTS_LAST < DOORBELL_FIRST);
+/// Bytes of bitmap: enough to describe every port up to `DOORBELL_LAST`.
 /// Ports beyond the TSS limit count as denied.
-pub const IOPB_BYTES: usize = IO_ALLOWED_LAST as usize / 8 + 1;
+pub const IOPB_BYTES: usize = DOORBELL_LAST as usize / 8 + 1;
 /// Total TSS size: header, bitmap, and the trailing 0xff byte the
 /// architecture requires after the bitmap.
 pub const TSS_SIZE: usize = TSS_HEADER_SIZE + IOPB_BYTES + 1;
@@ -113,7 +122,7 @@ pub const TSS_SIZE: usize = TSS_HEADER_SIZE + IOPB_BYTES + 1;
 pub const TSS_LIMIT: u32 = TSS_SIZE as u32 - 1;
 
 /// The 64-bit TSS: `RSP0` = `ring0_stack_top`, no IST stacks, and an I/O
-/// permission bitmap that admits only the hypercall ports.
+/// permission bitmap that admits only the hypercall and doorbell ports.
 pub fn tss(ring0_stack_top: u64) -> [u8; TSS_SIZE] {
     let mut t = [0u8; TSS_SIZE];
     t[4..12].copy_from_slice(&ring0_stack_top.to_le_bytes());
@@ -121,7 +130,7 @@ pub fn tss(ring0_stack_top: u64) -> [u8; TSS_SIZE] {
         .copy_from_slice(&(TSS_HEADER_SIZE as u16).to_le_bytes());
     let bitmap = &mut t[TSS_HEADER_SIZE..];
     bitmap.fill(0xff);
-    for port in IO_ALLOWED_FIRST..=IO_ALLOWED_LAST {
+    for port in (IO_ALLOWED_FIRST..=HYPERCALL_PORTS_LAST).chain(DOORBELL_FIRST..=DOORBELL_LAST) {
         let port = usize::from(port);
         bitmap[port / 8] &= !(1u8 << (port % 8));
     }
@@ -281,15 +290,16 @@ mod tests {
         assert_eq!(u16::from_le_bytes([t[0x66], t[0x67]]), 0x68);
         // The trailing byte the architecture requires.
         assert_eq!(*t.last().unwrap(), 0xff);
-        assert_eq!(TSS_SIZE, 0x68 + 0xa2 + 1);
+        assert_eq!(TSS_SIZE, 0x68 + 0xa9 + 1);
     }
 
     #[test]
     fn io_bitmap_admits_only_the_hypercall_ports() {
         let t = tss(0x4000);
         let allowed: Vec<u16> = (0..=u16::MAX).filter(|&p| tss_allows_port(&t, p)).collect();
-        let expected: Vec<u16> =
-            (HVT_PORT_BASE + 1..=HVT_PORT_BASE + nr::COUNT as u16 + 2).collect();
+        let expected: Vec<u16> = (HVT_PORT_BASE + 1..=HVT_PORT_BASE + nr::COUNT as u16 + 2)
+            .chain(HVT_NET_DOORBELL_PORT..HVT_NET_DOORBELL_PORT + 4)
+            .collect();
         assert_eq!(allowed, expected);
         // Every hypercall's 4-byte access is fully admitted.
         for n in 1..nr::COUNT as u16 {

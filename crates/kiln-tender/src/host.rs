@@ -77,6 +77,14 @@ pub(crate) enum Device {
         /// device lives.
         _keep: Keep,
     },
+    /// A network device lent to a tender's own I/O path (hvt's shared
+    /// rings, see [`Host::lend_net`]).
+    Lent {
+        /// Readable when POLL should report the device ready.
+        wake: RawFd,
+        /// As for `Net`.
+        _keep: Keep,
+    },
 }
 
 /// The host side of one instance.
@@ -215,7 +223,7 @@ impl Host {
             .iter()
             .filter_map(|(_, d)| match d {
                 Device::Block { file, .. } => Some(file.as_raw_fd()),
-                Device::Net { .. } => None,
+                Device::Net { .. } | Device::Lent { .. } => None,
             })
             .collect()
     }
@@ -229,7 +237,7 @@ impl Host {
             .iter()
             .filter_map(|(_, d)| match d {
                 Device::Net { dev, .. } => dev.fd(),
-                Device::Block { .. } => None,
+                Device::Block { .. } | Device::Lent { .. } => None,
             })
             .collect()
     }
@@ -239,6 +247,35 @@ impl Host {
         match self.devices.get(index) {
             Some((_, Device::Net { dev, .. })) => Some(dev.stats()),
             _ => None,
+        }
+    }
+
+    /// Takes the network device at BootInfo index `index` out of the
+    /// hypercall path, for a tender that moves its frames itself (hvt's
+    /// NET_RINGS). From then on NET_READ and NET_WRITE on it answer ENODEV,
+    /// and POLL reports it ready (bit `index`) while `wake` is readable;
+    /// the borrower drains `wake`. `None` (and no change) when `index` is
+    /// not a network device still on the hypercall path. Allocation-free.
+    pub fn lend_net(&mut self, index: u64, wake: RawFd) -> Option<NetDevice> {
+        let (_, slot) = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.devices.get_mut(i))?;
+        if !matches!(slot, Device::Net { .. }) {
+            return None;
+        }
+        let lent = Device::Lent {
+            wake,
+            _keep: Keep::Nothing,
+        };
+        match std::mem::replace(slot, lent) {
+            Device::Net { dev, _keep } => {
+                *slot = Device::Lent { wake, _keep };
+                Some(dev)
+            }
+            other => {
+                *slot = other;
+                None
+            }
         }
     }
 
@@ -268,6 +305,16 @@ impl Host {
             let mut ready = 0u64;
             let mut count = 0;
             for (i, (_, d)) in self.devices.iter_mut().enumerate().take(MAX_DEVICES) {
+                if let Device::Lent { wake, .. } = d {
+                    fds[count] = libc::pollfd {
+                        fd: *wake,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    owner[count] = i;
+                    count += 1;
+                    continue;
+                }
                 let Device::Net { dev, .. } = d else {
                     continue;
                 };
@@ -308,10 +355,13 @@ impl Host {
                             continue;
                         }
                         let i = owner[slot];
-                        if let Some((_, Device::Net { dev, .. })) = self.devices.get_mut(i) {
-                            if dev.on_poll(pfd.revents) {
-                                ready |= 1 << i;
-                            }
+                        let has_input = match self.devices.get_mut(i) {
+                            Some((_, Device::Net { dev, .. })) => dev.on_poll(pfd.revents),
+                            Some((_, Device::Lent { .. })) => true,
+                            _ => false,
+                        };
+                        if has_input {
+                            ready |= 1 << i;
                         }
                     }
                 }

@@ -426,3 +426,36 @@ fn a_device_with_nothing_attached_swallows_frames() {
     assert!(host.net_fds().is_empty());
     assert_eq!(poll(&mut host, &mut mem, 1), 0);
 }
+
+#[test]
+fn a_lent_device_leaves_the_hypercall_path_and_polls_on_its_wake_fd() {
+    let (fake, dev) = tap_like();
+    let (_, other) = tap_like();
+    let mut host = Host::with_net(vec![dev, other]);
+    let mut mem = memory();
+    let (wake_r, wake_w) = datagram_pair();
+    use std::os::fd::AsRawFd;
+    let lent = host
+        .lend_net(0, wake_r.as_raw_fd())
+        .expect("device 0 is lent");
+    assert_eq!(lent.frame_max(), FRAME_MAX);
+    assert!(host.lend_net(0, wake_r.as_raw_fd()).is_none(), "lent once");
+    assert!(
+        host.lend_net(7, wake_r.as_raw_fd()).is_none(),
+        "no device 7"
+    );
+    // Off the hypercall path: its frames are the borrower's now.
+    fake.push(&frame(60, 1));
+    assert_eq!(net_read(&mut host, &mut mem, 0, 2048), errno::ENODEV);
+    assert_eq!(
+        net_write(&mut host, &mut mem, 0, &frame(60, 2)),
+        errno::ENODEV
+    );
+    assert!(fake.written().is_empty());
+    assert_eq!(host.net_fds(), Vec::<RawFd>::new());
+    // POLL reports it while the wake descriptor is readable.
+    assert_eq!(poll(&mut host, &mut mem, 1), 0);
+    let w = std::os::unix::net::UnixDatagram::from(wake_w);
+    w.send(&[1]).unwrap();
+    assert_eq!(poll(&mut host, &mut mem, u64::MAX), 0b01);
+}

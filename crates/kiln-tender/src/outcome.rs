@@ -127,6 +127,20 @@ pub enum Violation {
         /// The limit.
         max: u64,
     },
+    /// Shared-memory network rings (NET_RINGS) that break their rules: a
+    /// ring placed where it may not be, or an impossible index or length
+    /// found in one while the instance runs.
+    Ring {
+        /// The network device (BootInfo index).
+        device: u64,
+        /// What is wrong; `{}` marks where `value` goes in decimal, `{:#x}`
+        /// in hex.
+        problem: &'static str,
+        /// The offending value.
+        value: u64,
+        /// The limit it broke, when there is one.
+        limit: Option<u64>,
+    },
 }
 
 impl fmt::Display for Violation {
@@ -145,6 +159,23 @@ impl fmt::Display for Violation {
             ),
             Violation::TooLong { what, len, max } => {
                 write!(f, "{what} length {len:#x} exceeds the limit {max:#x}")
+            }
+            Violation::Ring {
+                device,
+                problem,
+                value,
+                limit,
+            } => {
+                write!(f, "network device {device}: ")?;
+                match (problem.split_once("{:#x}"), problem.split_once("{}")) {
+                    (Some((a, b)), _) => write!(f, "{a}{value:#x}{b}")?,
+                    (None, Some((a, b))) => write!(f, "{a}{value}{b}")?,
+                    (None, None) => write!(f, "{problem} ({value})")?,
+                }
+                match limit {
+                    Some(max) => write!(f, " (at most {max})"),
+                    None => Ok(()),
+                }
             }
         }
     }
@@ -272,6 +303,30 @@ mod tests {
             "instance stopped: hypercall CONSOLE_WRITE: buffer at 0xdead (length 0x10) is not readable guest memory"
         );
         assert_eq!(Outcome::Exited(7).exit_status(), 7);
+        let r = Outcome::Violation {
+            hypercall: "NET_RINGS",
+            reason: Violation::Ring {
+                device: 0,
+                problem: "tx ring holds {} frames",
+                value: 300,
+                limit: Some(256),
+            },
+        };
+        assert_eq!(
+            r.to_string(),
+            "instance stopped: hypercall NET_RINGS: network device 0: tx ring holds 300 frames (at most 256)"
+        );
+        assert_eq!(r.exit_status(), EXIT_CRASHED);
+        let a = Violation::Ring {
+            device: 1,
+            problem: "rx ring at {:#x} is not page aligned",
+            value: 0x1234,
+            limit: None,
+        };
+        assert_eq!(
+            a.to_string(),
+            "network device 1: rx ring at 0x1234 is not page aligned"
+        );
         assert_eq!(Outcome::Aborted(Message::new()).exit_status(), EXIT_ABORTED);
     }
 }

@@ -158,6 +158,56 @@ pub(crate) fn net_write(device: usize, frame: &[u8]) -> i64 {
     arg.ret
 }
 
+/// Offers network device `device` the shared-memory rings `rx` and `tx`
+/// (NET_RINGS; each [`NET_RING_SIZE`](kiln_abi::NET_RING_SIZE) bytes, page
+/// aligned, zeroed): 0 when the tender took them, else a negative errno
+/// (ENODEV: keep using NET_READ/NET_WRITE). The rings are `'static`
+/// atomics because the tender reads and writes them, concurrently, for the
+/// rest of the instance's life.
+#[cfg(feature = "net")]
+pub(crate) fn net_rings(
+    device: usize,
+    rx: &'static [core::sync::atomic::AtomicU32],
+    tx: &'static [core::sync::atomic::AtomicU32],
+) -> i64 {
+    let size = kiln_abi::NET_RING_SIZE as usize;
+    if core::mem::size_of_val(rx) != size || core::mem::size_of_val(tx) != size {
+        return kiln_abi::errno::EINVAL;
+    }
+    let mut arg = kiln_abi::NetRings {
+        device: device as u64,
+        rx: rx.as_ptr() as u64,
+        tx: tx.as_ptr() as u64,
+        ret: 0,
+    };
+    // SAFETY: NET_RINGS writes the struct, then (on success) the tender
+    // accesses the two rings for good; they are 'static, never freed, and
+    // only ever accessed through atomics on our side.
+    unsafe { hypercall(nr::NET_RINGS, &mut arg) };
+    arg.ret
+}
+
+/// Kicks the tender to look at network device `device`'s transmit ring
+/// (hvt: the NET_RINGS doorbell, caught in the host kernel). Does nothing
+/// on spt, which offers no rings.
+#[cfg(feature = "net")]
+pub(crate) fn net_kick(device: usize) {
+    if HYPERCALL_FN.load(Ordering::Relaxed) != 0 {
+        return;
+    }
+    // SAFETY: a port write the TSS admits and KVM turns into an eventfd
+    // signal (or the monitor forwards); it touches no guest memory. Not
+    // `nomem`, so the ring stores before it stay before it.
+    unsafe {
+        core::arch::asm!(
+            "out dx, eax",
+            in("dx") kiln_abi::HVT_NET_DOORBELL_PORT,
+            in("eax") device as u32,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
 /// Ends the instance with `code`; `kiln run` exits with `code & 0xff`.
 ///
 /// Nothing runs after it: no destructors, no pending tasks. Returning from

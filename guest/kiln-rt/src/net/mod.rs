@@ -48,6 +48,7 @@
 mod config;
 mod device;
 pub mod driver;
+mod ring;
 mod stack;
 mod tcp;
 mod udp;

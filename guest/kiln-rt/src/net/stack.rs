@@ -265,9 +265,13 @@ impl Stack {
                     && name.is_none_or(|n| crate::boot::device_name(d) == n)
             })
             .ok_or(Error::NoDevice)?;
-        let driver = HypercallDriver::new(index, dev.unit as usize, dev.mac);
+        let driver: Box<dyn NetDriver> =
+            match super::ring::RingDriver::attach(index, dev.unit as usize, dev.mac) {
+                Some(rings) => Box::new(rings),
+                None => Box::new(HypercallDriver::new(index, dev.unit as usize, dev.mac)),
+            };
         let cfg = IfaceConfig::from_abi(&dev.net);
-        let stack = Stack::new(Box::new(driver), cfg);
+        let stack = Stack::new(driver, cfg);
         let m = dev.mac;
         log::info!(
             "net: {} up, mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, mtu {}{}",
