@@ -40,7 +40,7 @@ struct Contender {
 
 fn parse(args: Vec<String>) -> Result<Opts, String> {
     let mut o = Opts {
-        kiln: "target/release/kiln".into(),
+        kiln: "target/x86_64-unknown-linux-gnu/release/kiln".into(),
         image: "target/kiln/http.kiln".into(),
         native: "target/bench/native-http".into(),
         duration: 5,

@@ -28,7 +28,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         runs: 200,
-        kiln: "target/release/kiln".into(),
+        kiln: "target/x86_64-unknown-linux-gnu/release/kiln".into(),
         image: "target/kiln/hello.kiln".into(),
         native: "target/bench/hello-native".into(),
     };

@@ -139,7 +139,8 @@ struct Active {
     rx_due: bool,
 }
 
-fn fatal(e: RingError) -> Outcome {
+/// The outcome of a ring error, for the I/O thread and POLL alike.
+pub(crate) fn fatal(e: RingError) -> Outcome {
     match e {
         RingError::Violation(reason) => Outcome::Violation {
             hypercall: "NET_RINGS",

@@ -313,7 +313,14 @@ fn poll(inst: &mut Instance, arg: u64) -> Control {
     let mut ready = 0u64;
     for (i, pair) in r.pairs.iter().enumerate() {
         if let Some(p) = pair {
-            if rings::rx_pending(&inst.mem, p.rx) || rings::tx_room_awaited(&inst.mem, p.tx) {
+            let rx = match rings::rx_pending(&inst.mem, i as u64, p.rx) {
+                Ok(pending) => pending,
+                Err(e) => {
+                    shared.polling.store(false, Ordering::Relaxed);
+                    return Control::Exit(crate::io::fatal(e));
+                }
+            };
+            if rx || rings::tx_room_awaited(&inst.mem, p.tx) {
                 ready |= 1 << i;
             }
         }

@@ -364,12 +364,25 @@ impl Rings {
     }
 }
 
-/// Whether the receive ring at `rx` holds frames the guest has not
-/// consumed (for POLL; a hint, the values are the guest's).
-pub fn rx_pending(mem: &GuestMemoryMmap, rx: u64) -> bool {
-    let producer = load(mem, rx + NET_RING_PRODUCER, Ordering::Acquire);
-    let consumer = load(mem, rx + NET_RING_CONSUMER, Ordering::Acquire);
-    matches!((producer, consumer), (Ok(p), Ok(c)) if p != c)
+/// Whether the receive ring of `device` at `rx` holds frames the guest has
+/// not consumed (for POLL). The indices are the guest's to write, so the
+/// same rule the I/O thread enforces holds here too: a consumer index that
+/// leaves more than a ring's worth of frames is a violation, not a reason to
+/// answer every POLL at once (which would let a guest spin the vCPU thread
+/// with no I/O thread ever looking at the ring).
+pub fn rx_pending(mem: &GuestMemoryMmap, device: u64, rx: u64) -> Result<bool, RingError> {
+    let producer = load(mem, rx + NET_RING_PRODUCER, Ordering::Acquire)?;
+    let consumer = load(mem, rx + NET_RING_CONSUMER, Ordering::Acquire)?;
+    let used = u64::from(producer.wrapping_sub(consumer));
+    if used > NET_RING_SLOTS {
+        return Err(RingError::Violation(ring_violation(
+            device,
+            "rx ring consumer index leaves {} frames in the ring",
+            used,
+            Some(NET_RING_SLOTS),
+        )));
+    }
+    Ok(used != 0)
 }
 
 /// Whether the guest waits for room in the transmit ring at `tx` and there
@@ -601,9 +614,18 @@ mod tests {
             }
         );
         assert_eq!(get(&mem, RX + NET_RING_WANTS_KICK), 0, "flag cleared");
-        assert!(rx_pending(&mem, RX));
+        assert!(rx_pending(&mem, 0, RX).unwrap());
         put(&mem, RX + NET_RING_CONSUMER, 300);
-        assert!(!rx_pending(&mem, RX));
+        assert!(!rx_pending(&mem, 0, RX).unwrap());
+        // A consumer run ahead of the producer is caught at POLL too.
+        put(&mem, RX + NET_RING_CONSUMER, 301);
+        assert!(matches!(
+            rx_pending(&mem, 0, RX),
+            Err(RingError::Violation(Violation::Ring {
+                value: 0xffff_ffff,
+                ..
+            }))
+        ));
     }
 
     #[test]
