@@ -45,15 +45,47 @@ impl<M: GuestMemory> Call<'_, M> {
         }
     }
 
-    fn check(&self, what: &'static str, addr: u64, len: u64, write: bool) -> Result<()> {
-        self.mem.check(addr, len, write).map_err(|_| {
-            self.violation(Violation::BadRange {
-                what,
-                addr,
-                len,
-                write,
-            })
+    /// The violation for the guest range `(addr, len)` named `what`.
+    fn bad_range(&self, what: &'static str, addr: u64, len: u64, write: bool) -> Outcome {
+        self.violation(Violation::BadRange {
+            what,
+            addr,
+            len,
+            write,
         })
+    }
+
+    fn check(&self, what: &'static str, addr: u64, len: u64, write: bool) -> Result<()> {
+        self.mem
+            .check(addr, len, write)
+            .map_err(|_| self.bad_range(what, addr, len, write))
+    }
+
+    /// Reads `buf.len()` bytes at `at`, a part of the guest range
+    /// `(addr, len)` named `what`; a failure names the whole range.
+    fn read_part(
+        &self,
+        what: &'static str,
+        (addr, len): (u64, u64),
+        at: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        self.mem
+            .read(at, buf)
+            .map_err(|_| self.bad_range(what, addr, len, false))
+    }
+
+    /// Writes `data` at `at`, a part of the guest range `(addr, len)` named `what`.
+    fn write_part(
+        &mut self,
+        what: &'static str,
+        (addr, len): (u64, u64),
+        at: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        self.mem
+            .write(at, data)
+            .map_err(|_| self.bad_range(what, addr, len, true))
     }
 
     /// Reads the argument struct: `N` little-endian u64 words at `addr`.
@@ -62,14 +94,7 @@ impl<M: GuestMemory> Call<'_, M> {
         // The struct is written back by most hypercalls: it must be writable.
         self.check("argument struct", addr, len, true)?;
         let mut raw = [0u8; 64];
-        self.mem.read(addr, &mut raw[..N * 8]).map_err(|_| {
-            self.violation(Violation::BadRange {
-                what: "argument struct",
-                addr,
-                len,
-                write: false,
-            })
-        })?;
+        self.read_part("argument struct", (addr, len), addr, &mut raw[..N * 8])?;
         let mut words = [0u64; N];
         for (i, w) in words.iter_mut().enumerate() {
             let mut b = [0u8; 8];
@@ -82,14 +107,7 @@ impl<M: GuestMemory> Call<'_, M> {
     /// Writes word `index` of the argument struct at `addr`.
     fn set(&mut self, addr: u64, index: u64, value: u64) -> Result<()> {
         let at = addr + index * 8;
-        self.mem.write(at, &value.to_le_bytes()).map_err(|_| {
-            self.violation(Violation::BadRange {
-                what: "argument struct",
-                addr: at,
-                len: 8,
-                write: true,
-            })
-        })
+        self.write_part("argument struct", (at, 8), at, &value.to_le_bytes())
     }
 
     fn limit(&self, what: &'static str, len: u64, max: u64) -> Result<()> {
@@ -130,14 +148,7 @@ fn run<M: GuestMemory>(
             let mut done = 0;
             while done < len {
                 let n = (len - done).min(CHUNK as u64) as usize;
-                call.mem.read(buf + done, &mut chunk[..n]).map_err(|_| {
-                    call.violation(Violation::BadRange {
-                        what: "buffer",
-                        addr: buf,
-                        len,
-                        write: false,
-                    })
-                })?;
+                call.read_part("buffer", (buf, len), buf + done, &mut chunk[..n])?;
                 // The console is best effort: a closed stdout must not stop the guest.
                 let _ = sys::write_all(1, &chunk[..n]);
                 done += n as u64;
@@ -186,16 +197,7 @@ fn run<M: GuestMemory>(
             let len = len.min(ABORT_MSG_MAX);
             call.check("message", msg, len, false)?;
             let mut bytes = [0u8; ABORT_MSG_MAX as usize];
-            call.mem
-                .read(msg, &mut bytes[..len as usize])
-                .map_err(|_| {
-                    call.violation(Violation::BadRange {
-                        what: "message",
-                        addr: msg,
-                        len,
-                        write: false,
-                    })
-                })?;
+            call.read_part("message", (msg, len), msg, &mut bytes[..len as usize])?;
             Err(Outcome::Aborted(Message::from_guest(
                 &bytes[..len as usize],
             )))
@@ -221,14 +223,7 @@ fn net_write<M: GuestMemory>(
         return Ok(errno::EINVAL);
     };
     call.check("buffer", buf, len, false)?;
-    call.mem.read(buf, frame).map_err(|_| {
-        call.violation(Violation::BadRange {
-            what: "buffer",
-            addr: buf,
-            len,
-            write: false,
-        })
-    })?;
+    call.read_part("buffer", (buf, len), buf, frame)?;
     Ok(match dev.send(len as usize) {
         Sent::Ok => len as i64,
         Sent::Busy => errno::EAGAIN,
@@ -257,12 +252,7 @@ fn net_read<M: GuestMemory>(
         mem.write(buf, frame).map(|()| frame.len() as i64)
     }) {
         Ok(Some(Ok(n))) => Ok(n),
-        Ok(Some(Err(_))) => Err(call.violation(Violation::BadRange {
-            what: "buffer",
-            addr: buf,
-            len,
-            write: true,
-        })),
+        Ok(Some(Err(_))) => Err(call.bad_range("buffer", buf, len, true)),
         Ok(None) => Ok(errno::EAGAIN),
         Err(_) => Ok(errno::EIO),
     }
@@ -294,23 +284,13 @@ fn block_io<M: GuestMemory>(
     let mut done = 0;
     while done < len {
         let n = (len - done).min(CHUNK as u64) as usize;
-        let bad = |write| Violation::BadRange {
-            what: "buffer",
-            addr: buf,
-            len,
-            write,
-        };
         if reading {
             if file.read_exact_at(&mut chunk[..n], offset + done).is_err() {
                 return Ok(errno::EIO);
             }
-            call.mem
-                .write(buf + done, &chunk[..n])
-                .map_err(|_| call.violation(bad(true)))?;
+            call.write_part("buffer", (buf, len), buf + done, &chunk[..n])?;
         } else {
-            call.mem
-                .read(buf + done, &mut chunk[..n])
-                .map_err(|_| call.violation(bad(false)))?;
+            call.read_part("buffer", (buf, len), buf + done, &mut chunk[..n])?;
             if file.write_all_at(&chunk[..n], offset + done).is_err() {
                 return Ok(errno::EIO);
             }
