@@ -284,6 +284,25 @@ fn install_sigsys_handler() -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// Runs test `name` again in a child process with `case` set (where it
+    /// confines itself and must be stopped by its filter); asserts that the
+    /// child crashed the way a filter violation ends an instance and
+    /// returns its stderr.
+    fn crashed_in_child(name: &str, case: &str) -> String {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([&format!("seccomp::tests::{name}"), "--exact", "--nocapture"])
+            .env(case, "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(i32::from(kiln_abi::EXIT_CRASHED)),
+            "{stderr}"
+        );
+        stderr
+    }
+
     #[test]
     fn ioctl_numbers_match_the_kernel_headers() {
         assert_eq!(KVM_RUN, 0xae80);
@@ -316,21 +335,7 @@ mod tests {
             unsafe { libc::getpid() };
             unreachable!("getpid returned under the filter");
         }
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "seccomp::tests::blocked_call_is_reported",
-                "--exact",
-                "--nocapture",
-            ])
-            .env(CASE, "1")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.code(),
-            Some(i32::from(kiln_abi::EXIT_CRASHED)),
-            "{stderr}"
-        );
+        let stderr = crashed_in_child("blocked_call_is_reported", CASE);
         assert!(stderr.contains("sandboxed\n"), "{stderr}");
         let want = format!("system call {} is not allowed", libc::SYS_getpid);
         assert!(stderr.contains(&want), "{stderr}");
@@ -367,21 +372,7 @@ mod tests {
             .unwrap();
             unreachable!("the I/O thread returned");
         }
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "seccomp::tests::io_thread_filter_admits_only_its_descriptors",
-                "--exact",
-                "--nocapture",
-            ])
-            .env(CASE, "1")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.code(),
-            Some(i32::from(kiln_abi::EXIT_CRASHED)),
-            "{stderr}"
-        );
+        let stderr = crashed_in_child("io_thread_filter_admits_only_its_descriptors", CASE);
         assert!(stderr.contains("io thread confined\n"), "{stderr}");
         let want = format!("system call {} is not allowed", libc::SYS_read);
         assert!(stderr.contains(&want), "{stderr}");
