@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod build;
+mod daemon;
 mod inspect;
 mod run;
 mod size;
@@ -22,7 +23,9 @@ use std::process::ExitCode;
         kiln build examples/hello            build target/kiln/hello.kiln\n  \
         kiln run examples/hello -- a b c     build if needed, boot, pass arguments\n  \
         kiln run --tender spt target/kiln/hello.kiln\n  \
-        kiln inspect target/kiln/hello.kiln"
+        kiln inspect target/kiln/hello.kiln\n  \
+        kiln up services.toml                run kilnd: start services on demand\n  \
+        kiln ps                              kilnd's services and instances"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -53,6 +56,62 @@ enum Command {
         /// The image file.
         image: PathBuf,
     },
+    /// Run kilnd in the foreground with a services file (same as
+    /// `kilnd --config FILE`).
+    #[command(after_help = "Example:\n  kiln up services.toml    then, from another terminal: kiln ps")]
+    Up {
+        /// The services file.
+        config: PathBuf,
+        /// Report every instance start, READY and stop.
+        #[arg(short, long)]
+        verbose: bool,
+        #[command(flatten)]
+        api: daemon::ApiArgs,
+    },
+    /// List kilnd's services and instances: state, uptime, requests, memory.
+    Ps {
+        /// Print kilnd's JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: daemon::ApiArgs,
+    },
+    /// Print the console output of a service's instances (and kilnd's lines
+    /// about them).
+    Logs {
+        /// The service.
+        service: String,
+        /// How many of the last lines.
+        #[arg(short = 'n', long, default_value = "200")]
+        lines: usize,
+        #[command(flatten)]
+        api: daemon::ApiArgs,
+    },
+    /// Stop a service's instances now (the next connection starts one again).
+    Stop {
+        /// The service.
+        service: String,
+        #[command(flatten)]
+        api: daemon::ApiArgs,
+    },
+    /// Start one instance of a service ahead of demand and wait until it is ready.
+    Start {
+        /// The service.
+        service: String,
+        #[command(flatten)]
+        api: daemon::ApiArgs,
+    },
+    /// Make kilnd re-read its services file (a bad file is reported and the
+    /// running configuration stays).
+    Reload {
+        #[command(flatten)]
+        api: daemon::ApiArgs,
+    },
+    /// Stop every instance and kilnd itself.
+    Down {
+        #[command(flatten)]
+        api: daemon::ApiArgs,
+    },
 }
 
 /// An error and its causes on one line.
@@ -82,6 +141,21 @@ fn main() -> ExitCode {
             }
         },
         Command::Run(args) => run::run(args),
+        Command::Up {
+            config,
+            verbose,
+            api,
+        } => daemon::up(config, &api, verbose),
+        Command::Ps { json, api } => daemon::ps(&api, json),
+        Command::Logs {
+            service,
+            lines,
+            api,
+        } => daemon::logs(&api, &service, lines),
+        Command::Stop { service, api } => daemon::service_action(&api, &service, "stop"),
+        Command::Start { service, api } => daemon::service_action(&api, &service, "start"),
+        Command::Reload { api } => daemon::daemon_action(&api, "reload"),
+        Command::Down { api } => daemon::daemon_action(&api, "shutdown"),
         Command::Inspect { image } => match inspect::inspect(&image) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
