@@ -21,6 +21,8 @@ fn config() -> &'static RunConfig {
         disks: Vec::new(),
         net: Default::default(),
         verbose: false,
+        ready_fd: None,
+        started: std::time::Instant::now(),
     })
 }
 

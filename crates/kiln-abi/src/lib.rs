@@ -28,7 +28,7 @@
 
 /// Version of this ABI. A tender refuses an image whose manifest names
 /// another version.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Size of a page, the granularity of all protections.
 pub const PAGE_SIZE: u64 = 4096;
@@ -77,8 +77,10 @@ pub mod nr {
     /// Hand the tender shared-memory rings for a network device, so frames
     /// travel without an exit each. Argument: [`super::NetRings`].
     pub const NET_RINGS: u32 = 10;
+    /// The application is ready to serve. Argument: [`super::Ready`].
+    pub const READY: u32 = 11;
     /// One past the highest hypercall number.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
 
     /// Human-readable name of a hypercall, for error messages.
     pub const fn name(nr: u32) -> &'static str {
@@ -93,6 +95,7 @@ pub mod nr {
             HALT => "HALT",
             ABORT => "ABORT",
             NET_RINGS => "NET_RINGS",
+            READY => "READY",
             _ => "UNKNOWN",
         }
     }
@@ -288,6 +291,26 @@ pub const NET_SLOT_FRAME: u64 = 8;
 
 /// Largest transfer one block hypercall may ask for.
 pub const BLOCK_IO_MAX: u64 = 1024 * 1024;
+
+/// Argument of [`nr::READY`]: the application is ready to serve, that is
+/// it listens (its first TCP listener or UDP socket is bound) and its
+/// network address is configured. kiln-rt calls it on its own
+/// (`kiln_rt::ready`).
+///
+/// The tender reports the first READY to whoever started the instance
+/// (`kiln run --ready-fd N`: one byte `b'R'` on descriptor N; with `-v` a
+/// line on stderr) and answers later ones with 0 without reporting again.
+/// READY never blocks and never fails because of the host side: a reader
+/// that is gone or slow loses the byte, not the instance.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// Reserved, zero.
+    pub reserved: u64,
+    /// Out: 0, or [`errno::EINVAL`] when `reserved` is not zero (then
+    /// nothing is reported).
+    pub ret: i64,
+}
 
 /// Argument of [`nr::HALT`]: the instance ends and `kiln run` exits with
 /// `exit_code & 0xff`.
@@ -574,6 +597,7 @@ const _: () = assert!(MANIFEST_SIZE == 16 + 24 * MAX_DEVICES);
 const _: () = assert!(core::mem::align_of::<Manifest>() == 4);
 const _: () = assert!(core::mem::size_of::<DeviceInfo>() == 40 + 48);
 const _: () = assert!(core::mem::size_of::<NetRingHeader>() == 64);
+const _: () = assert!(core::mem::size_of::<Ready>() == 16);
 const _: () = assert!(core::mem::offset_of!(NetRingHeader, consumer) == NET_RING_CONSUMER as usize);
 const _: () =
     assert!(core::mem::offset_of!(NetRingHeader, wants_kick) == NET_RING_WANTS_KICK as usize);

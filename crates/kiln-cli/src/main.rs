@@ -49,7 +49,8 @@ enum Command {
         kiln run --tender hvt --mem 64M -e GREETING=hi target/kiln/hello.kiln\n  \
         kiln run --disk data=disk.img target/kiln/store.kiln\n  \
         kiln run -p 8080:80 examples/http     then: curl http://127.0.0.1:8080/\n  \
-        kiln run --net tap:kiln0 --ip 10.0.0.2/24 --gateway 10.0.0.1 examples/http")]
+        kiln run --net tap:kiln0 --ip 10.0.0.2/24 --gateway 10.0.0.1 examples/http\n  \
+        kiln run --net fd:4 --ip 10.0.0.2/24 --ready-fd 3 IMAGE   (from kilnd)")]
     Run(run::RunArgs),
     /// Show an image's ABI version, entry point, segments, manifest and size.
     Inspect {
@@ -131,6 +132,7 @@ pub(crate) fn report(err: &dyn std::error::Error) {
 }
 
 fn main() -> ExitCode {
+    let started = std::time::Instant::now();
     let cli = Cli::parse();
     match cli.command {
         Command::Build(args) => match build::build(&args) {
@@ -140,7 +142,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(args, started),
         Command::Up {
             config,
             verbose,

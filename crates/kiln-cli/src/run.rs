@@ -5,11 +5,13 @@ use crate::size::parse_size;
 use crate::{chain, report};
 use kiln_abi::EXIT_TENDER_ERROR;
 use kiln_image::Image;
-use kiln_tender::net::{Attach, Ipv4Cidr, NetOptions, Publish};
-use kiln_tender::RunConfig;
+use kiln_tender::net::{Attach, Backend, Ipv4Cidr, NetOptions, Publish};
+use kiln_tender::{inherit, RunConfig};
 use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 /// Smallest and largest guest memory kiln accepts.
 const MEM_MIN: u64 = 2 << 20;
@@ -50,7 +52,10 @@ pub struct RunArgs {
     /// device): `user` (the default: user-mode networking through passt,
     /// IPv4, no root needed), `tap:NAME` (an existing tap device, or a new
     /// one that lasts as long as the instance, as root), or `none` (not
-    /// connected). For an image with several network devices, name one:
+    /// connected), or `fd:N` (an inherited descriptor N: an AF_UNIX
+    /// SOCK_DGRAM or SOCK_SEQPACKET socket whose peer, such as kilnd,
+    /// exchanges one Ethernet frame per message; addresses as for a tap).
+    /// For an image with several network devices, name one:
     /// `--net service0=tap:kiln0`.
     #[arg(
         long = "net",
@@ -79,6 +84,14 @@ pub struct RunArgs {
     /// guest reaches the host's loopback.
     #[arg(long, value_name = "ADDR", help_heading = "Networking")]
     pub gateway: Option<Ipv4Addr>,
+    /// Tell the process that started kiln when the application is ready to
+    /// serve: N is an inherited descriptor (the write end of a pipe, or a
+    /// socket) that gets one byte, 'R', when the application first listens
+    /// with its address configured (kiln-rt's READY hypercall). It stays
+    /// open until the instance ends, so the reader sees end of file then.
+    /// Used by kilnd to hold a connection until the instance can take it.
+    #[arg(long, value_name = "N")]
+    pub ready_fd: Option<RawFd>,
     /// Say which tender was picked, and print timings and counters.
     #[arg(short, long)]
     pub verbose: bool,
@@ -110,9 +123,36 @@ fn parse_disk(s: &str) -> Result<(String, PathBuf), String> {
     }
 }
 
+/// Checks the inherited descriptors the flags name (`--net fd:N`,
+/// `--ready-fd N`) before kiln opens anything itself, so that a number
+/// that passes names the parent's descriptor and not one of kiln's.
+fn check_inherited(args: &RunArgs) -> Result<(), String> {
+    let mut net_fds: Vec<RawFd> = Vec::new();
+    for a in &args.net {
+        if let Backend::Fd(fd) = a.backend {
+            inherit::check_frame_socket(fd).map_err(|e| e.to_string())?;
+            net_fds.push(fd);
+        }
+    }
+    if let Some(fd) = args.ready_fd {
+        if net_fds.contains(&fd) {
+            return Err(format!(
+                "descriptor {fd} is given both as --ready-fd {fd} and as --net fd:{fd}"
+            ));
+        }
+        inherit::check_ready(fd).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// Runs the image; returns only when it could not be started (the tender
-/// ends the process itself once the guest runs).
-pub fn run(args: RunArgs) -> ExitCode {
+/// ends the process itself once the guest runs). `started` is when the
+/// process started, for the `-v` ready time.
+pub fn run(args: RunArgs, started: Instant) -> ExitCode {
+    if let Err(msg) = check_inherited(&args) {
+        eprintln!("kiln: {msg}");
+        return ExitCode::from(EXIT_TENDER_ERROR);
+    }
     let path = if args.target.is_dir() {
         let built = build::build(&BuildArgs {
             path: args.target.clone(),
@@ -163,6 +203,8 @@ pub fn run(args: RunArgs) -> ExitCode {
             ip: args.ip,
             gateway: args.gateway,
         },
+        ready_fd: args.ready_fd,
+        started,
     };
     let tender = match args.tender {
         TenderChoice::Auto => match kiln_hvt::probe() {

@@ -268,7 +268,13 @@ impl Instance {
             let filter = seccomp::build_io(&net_fds, fds)?;
             start_io_thread(r.shared.clone(), filter)?;
         }
-        let filter = seccomp::build(self.vcpu.as_raw_fd(), &self.host.fds(), &net_fds, ring_fds)?;
+        let filter = seccomp::build(
+            self.vcpu.as_raw_fd(),
+            &self.host.fds(),
+            &net_fds,
+            self.host.ready_fd(),
+            ring_fds,
+        )?;
         seccomp::install_thread(&filter)?;
         self.timings.seccomp = start.elapsed();
         Ok(())

@@ -10,7 +10,7 @@
 //! | system call       | restricted to                         | used by |
 //! |-------------------|---------------------------------------|---------|
 //! | `ioctl`           | the vCPU fd; `KVM_RUN`, `KVM_GET_REGS`, `KVM_GET_SREGS` | the run loop; reading the exception frame and CR2 after a fault |
-//! | `write`           | fds 1 and 2; the network backends' fds; the doorbell eventfd | CONSOLE_WRITE (stdout), the exit report and `-v` timings (stderr); NET_WRITE; handing a device to the I/O thread |
+//! | `write`           | fds 1 and 2; the network backends' fds; the doorbell eventfd; the `--ready-fd` descriptor | CONSOLE_WRITE (stdout), the exit report and `-v` timings (stderr); NET_WRITE; handing a device to the I/O thread; READY's byte |
 //! | `read`            | the network backends' fds of [`kiln_tender::Host::net_fds`]; the wake eventfd | NET_READ; POLL draining the I/O thread's wake-ups |
 //! | `ppoll`           | no signal mask (argument 3 is null); only with network devices | POLL waiting on the backends or the wake eventfd |
 //! | `futex`           | private wait and wake; only with network devices | the lock on the hand-over to the I/O thread |
@@ -113,12 +113,14 @@ fn fd_values(fds: &[RawFd]) -> impl Iterator<Item = u64> + Clone + '_ {
 }
 
 /// Builds the filter for a run loop on `vcpu_fd` whose hypercalls use the
-/// block-device descriptors `disk_fds` and the network backends `net_fds`,
-/// with the eventfds of the ring I/O thread when there is one.
+/// block-device descriptors `disk_fds`, the network backends `net_fds` and
+/// READY's descriptor `ready_fd`, with the eventfds of the ring I/O thread
+/// when there is one.
 pub fn build(
     vcpu_fd: RawFd,
     disk_fds: &[RawFd],
     net_fds: &[RawFd],
+    ready_fd: Option<RawFd>,
     rings: Option<RingFds>,
 ) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
@@ -131,6 +133,7 @@ pub fn build(
     );
     let mut writable: Vec<u64> = vec![1, 2];
     writable.extend(fd_values(net_fds));
+    writable.extend(ready_fd.map(|fd| fd as u64));
     let mut readable: Vec<u64> = fd_values(net_fds).collect();
     if let Some(r) = rings {
         writable.push(r.doorbell as u64);
@@ -325,7 +328,7 @@ mod tests {
     fn blocked_call_is_reported() {
         const CASE: &str = "KILN_HVT_SECCOMP_CHILD";
         if std::env::var_os(CASE).is_some() {
-            let filter = build(1000, &[], &[], None).unwrap();
+            let filter = build(1000, &[], &[], None, None).unwrap();
             install_reporter().unwrap();
             install_thread(&filter).unwrap();
             // Allowed: write to stderr.
@@ -380,13 +383,15 @@ mod tests {
 
     #[test]
     fn filter_compiles_with_and_without_disks() {
-        assert!(!build(5, &[], &[], None).unwrap().is_empty());
-        assert!(!build(5, &[7, 8], &[], None).unwrap().is_empty());
+        assert!(!build(5, &[], &[], None, None).unwrap().is_empty());
+        assert!(!build(5, &[7, 8], &[], None, None).unwrap().is_empty());
         let rings = RingFds {
             doorbell: 10,
             wake: 11,
         };
-        assert!(!build(5, &[7, 8], &[9], Some(rings)).unwrap().is_empty());
+        assert!(!build(5, &[7, 8], &[9], Some(12), Some(rings))
+            .unwrap()
+            .is_empty());
         assert!(!build_io(&[9], rings).unwrap().is_empty());
     }
 }

@@ -111,6 +111,8 @@ fn boot_with(
                 .collect(),
             net: Default::default(),
             verbose: true,
+            ready_fd: None,
+            started: std::time::Instant::now(),
         };
         match kiln_hvt::run(cfg) {
             Err(e) => {

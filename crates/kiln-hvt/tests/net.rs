@@ -156,6 +156,8 @@ fn child_mode(test: &str) {
         disks: vec![],
         net,
         verbose: true,
+        ready_fd: None,
+        started: std::time::Instant::now(),
     };
     match kiln_hvt::run(cfg) {
         Err(e) => {

@@ -2,7 +2,8 @@
 //!
 //! It admits exactly the system calls `kiln_tender::dispatch` and
 //! `kiln_tender::finish` make (see `kiln_tender::sys`), with their
-//! arguments pinned where that is possible: `write` to stdout and stderr,
+//! arguments pinned where that is possible: `write` to stdout and stderr
+//! (and to the `--ready-fd` descriptor, for READY),
 //! `pread64`/`pwrite64` on the block devices' descriptors, `read`/`write`
 //! on the network backends' descriptors and `ppoll` (without a signal
 //! mask) for POLL when there are any, the two clocks (normally read through
@@ -55,18 +56,24 @@ fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, SandboxError> 
     SeccompRule::new(conditions).map_err(|e| SandboxError::Build(e.into()))
 }
 
-/// Builds the filter for an instance whose block devices use `fds` and
-/// whose network backends use `net_fds`.
-pub fn filter(fds: &[RawFd], net_fds: &[RawFd]) -> Result<BpfProgram, SandboxError> {
+/// Builds the filter for an instance whose block devices use `fds`, whose
+/// network backends use `net_fds` and whose READY writes to `ready_fd`.
+pub fn filter(
+    fds: &[RawFd],
+    net_fds: &[RawFd],
+    ready_fd: Option<RawFd>,
+) -> Result<BpfProgram, SandboxError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let on = |fds: &[RawFd]| -> Result<Vec<SeccompRule>, SandboxError> {
         fds.iter()
             .map(|&fd| rule(vec![eq(0, fd as u64)?]))
             .collect()
     };
-    // Console on stdout, reports on stderr; frames to network backends.
+    // Console on stdout, reports on stderr; frames to network backends;
+    // READY's byte.
     let mut writable = vec![1, 2];
     writable.extend_from_slice(net_fds);
+    writable.extend(ready_fd);
     rules.insert(libc::SYS_write, on(&writable)?);
     // Frames from network backends, and POLL waiting on them. ppoll's
     // descriptors sit in memory, out of the filter's sight; the signal
@@ -182,7 +189,7 @@ mod tests {
 
     #[test]
     fn arch_mismatch_traps_instead_of_killing() {
-        let p = filter(&[], &[]).unwrap();
+        let p = filter(&[], &[], None).unwrap();
         assert_eq!(p[ARCH_MISMATCH_INDEX].code, BPF_RET_K);
         assert_eq!(p[ARCH_MISMATCH_INDEX].k, libc::SECCOMP_RET_TRAP);
         assert!(p
@@ -192,7 +199,7 @@ mod tests {
 
     #[test]
     fn guest_code_check_comes_before_the_syscall_number() {
-        let p = filter(&[], &[]).unwrap();
+        let p = filter(&[], &[], None).unwrap();
         let at = ARCH_MISMATCH_INDEX + 1;
         assert_eq!(p[at], stmt(BPF_LD_W_ABS, IP_HIGH));
         // Both skips land on `ld nr`.
@@ -203,15 +210,15 @@ mod tests {
 
     #[test]
     fn unexpected_programs_are_refused() {
-        let mut p = filter(&[], &[]).unwrap();
+        let mut p = filter(&[], &[], None).unwrap();
         p.remove(0);
         assert!(patch(&mut p).is_none());
     }
 
     #[test]
     fn device_calls_only_with_devices() {
-        let without = filter(&[], &[]).unwrap();
-        let with = filter(&[5, 6], &[]).unwrap();
+        let without = filter(&[], &[], None).unwrap();
+        let with = filter(&[5, 6], &[], None).unwrap();
         let mentions = |p: &BpfProgram, nr: i64| {
             p.iter()
                 .any(|i| i.code == BPF_JMP_JEQ_K && i.k == nr as u32)
@@ -226,14 +233,25 @@ mod tests {
     }
 
     #[test]
+    fn ready_fd_is_writable_only_when_given() {
+        let with = filter(&[], &[], Some(9)).unwrap();
+        let without = filter(&[], &[], None).unwrap();
+        let compares_with_9 =
+            |p: &BpfProgram| p.iter().any(|i| i.code == BPF_JMP_JEQ_K && i.k == 9);
+        assert!(compares_with_9(&with));
+        assert!(!compares_with_9(&without));
+        assert!(with.len() > without.len());
+    }
+
+    #[test]
     fn network_calls_only_with_network_devices() {
-        let with = filter(&[], &[7]).unwrap();
+        let with = filter(&[], &[7], None).unwrap();
         let mentions = |p: &BpfProgram, nr: i64| {
             p.iter()
                 .any(|i| i.code == BPF_JMP_JEQ_K && i.k == nr as u32)
         };
         assert!(mentions(&with, libc::SYS_ppoll));
-        assert!(with.len() > filter(&[], &[]).unwrap().len() + 4);
+        assert!(with.len() > filter(&[], &[], None).unwrap().len() + 4);
         assert!(!mentions(&with, libc::SYS_pread64));
         // The descriptor is compared with (as an argument value).
         assert!(with.iter().any(|i| i.code == BPF_JMP_JEQ_K && i.k == 7));

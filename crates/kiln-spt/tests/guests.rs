@@ -424,6 +424,8 @@ fn child(case: &str) -> ! {
         disks,
         verbose: false,
         net: Default::default(),
+        ready_fd: None,
+        started: std::time::Instant::now(),
     };
     if case.starts_with("clash:") {
         occupy_image_base();

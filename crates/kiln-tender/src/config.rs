@@ -1,7 +1,9 @@
 //! What `kiln run` asks of a tender.
 
 use kiln_image::Image;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
+use std::time::Instant;
 
 /// Everything a tender needs to run one instance.
 #[derive(Debug, Clone)]
@@ -21,4 +23,11 @@ pub struct RunConfig {
     pub verbose: bool,
     /// Network backends, published ports and addresses.
     pub net: crate::net::NetOptions,
+    /// `--ready-fd N`: an inherited descriptor (a pipe's write end or a
+    /// socket) that gets one byte, `b'R'`, when the application calls
+    /// READY. The tender takes ownership of it (see [`crate::inherit`]):
+    /// it must not be owned by anything else in this process.
+    pub ready_fd: Option<RawFd>,
+    /// When `kiln run` started: the origin of the `-v` ready time.
+    pub started: Instant,
 }

@@ -5,6 +5,9 @@
 //! before anything is read or written, so a rejected hypercall has no effect
 //! at all. Nothing here allocates.
 //!
+//! READY answers EINVAL in `ret` for a nonzero reserved word (and reports
+//! nothing); a READY after the first is accepted and reports nothing.
+//!
 //! Network hypercalls answer recoverable conditions in `ret`: ENODEV (no
 //! such network device), EINVAL (a frame length outside 14..=MTU+14),
 //! EAGAIN (no frame waiting; or, for NET_WRITE, the backend cannot take
@@ -179,6 +182,16 @@ fn run<M: GuestMemory>(
             call.args::<4>(arg)?;
             // No tender offers rings yet: the guest keeps NET_READ/NET_WRITE.
             call.set(arg, 3, errno::ENODEV as u64)
+        }
+        nr::READY => {
+            let [reserved, _] = call.args::<2>(arg)?;
+            let ret = if reserved != 0 {
+                errno::EINVAL
+            } else {
+                host.ready.signal();
+                0
+            };
+            call.set(arg, 1, ret as u64)
         }
         nr::BLOCK_READ | nr::BLOCK_WRITE => {
             let [device, offset, buf, len, _] = call.args::<5>(arg)?;

@@ -1,7 +1,9 @@
 //! The host resources of one instance: console, clocks and the devices its
 //! manifest declares.
 
-use crate::net::{self, Keep, NetDevice, NetError, PlanError};
+use crate::inherit::{self, FdError};
+use crate::net::{self, Backend, Keep, NetDevice, NetError, PlanError};
+use crate::ready::ReadySignal;
 use crate::RunConfig;
 use kiln_abi::{device, DeviceInfo, DEVICE_NAME_LEN, MAX_DEVICES};
 use kiln_image::device_name;
@@ -59,6 +61,15 @@ pub enum TenderError {
         /// Its size.
         size: u64,
     },
+    /// `--ready-fd N` names no usable descriptor.
+    #[error(transparent)]
+    ReadyFd(#[from] FdError),
+    /// One descriptor for two purposes.
+    #[error("descriptor {0} is given both as --ready-fd {0} and as --net fd:{0}")]
+    FdShared(RawFd),
+    /// SIGPIPE could not be ignored.
+    #[error("cannot ignore SIGPIPE (needed with --ready-fd and --net fd:N)")]
+    Sigpipe(#[source] std::io::Error),
     /// The arguments and environment do not fit the boot block.
     #[error("arguments and environment need {0} bytes, more than the {max} kiln passes to an image", max = crate::BOOT_BLOCK_MAX)]
     BootBlockTooLarge(u64),
@@ -91,6 +102,8 @@ pub(crate) enum Device {
 #[derive(Debug)]
 pub struct Host {
     pub(crate) devices: Vec<(DeviceInfo, Device)>,
+    /// READY and `--ready-fd`.
+    pub(crate) ready: ReadySignal,
 }
 
 impl Host {
@@ -121,6 +134,32 @@ impl Host {
             .map(|(i, d)| (i, device_name(d)))
             .collect();
         let net_plans = net::plan(&nets, &cfg.net)?;
+        // Inherited descriptors first: claiming them makes them
+        // close-on-exec, so that no helper started below (passt) keeps
+        // them open.
+        let ready_fd = match cfg.ready_fd {
+            Some(fd) => {
+                if net_plans.iter().any(|p| p.backend == Backend::Fd(fd)) {
+                    return Err(TenderError::FdShared(fd));
+                }
+                inherit::check_ready(fd)?;
+                Some(inherit::claim(fd, inherit::READY_FLAG)?)
+            }
+            None => None,
+        };
+        let mut sockets = Vec::with_capacity(net_plans.len());
+        for plan in &net_plans {
+            let socket = net::claim_socket(plan).map_err(|source| TenderError::Net {
+                name: device_name(&declared[plan.index]).to_string(),
+                source,
+            })?;
+            sockets.push(socket);
+        }
+        if ready_fd.is_some() || sockets.iter().any(Option::is_some) {
+            // A reader or peer that went away must cost a failed write,
+            // not the process.
+            net::ignore_sigpipe().map_err(TenderError::Sigpipe)?;
+        }
         let mut devices = Vec::new();
         for (index, d) in declared.iter().enumerate() {
             let name = device_name(d);
@@ -161,17 +200,18 @@ impl Host {
                 }
                 _ => {
                     // `plan` returns one plan per network device.
-                    let Some(plan) = net_plans.iter().find(|p| p.index == index) else {
+                    let Some(at) = net_plans.iter().position(|p| p.index == index) else {
                         return Err(PlanError::Unplanned(name.to_string()).into());
                     };
+                    let plan = &net_plans[at];
                     let mac = net::random_mac(index);
                     let (dev, keep) =
-                        net::attach(plan, d.name, mac, cfg.verbose).map_err(|source| {
-                            TenderError::Net {
+                        net::attach(plan, d.name, mac, cfg.verbose, sockets[at].take()).map_err(
+                            |source| TenderError::Net {
                                 name: name.to_string(),
                                 source,
-                            }
-                        })?;
+                            },
+                        )?;
                     let mut info = DeviceInfo {
                         kind: device::NET,
                         unit: net::MTU,
@@ -184,7 +224,10 @@ impl Host {
                 }
             }
         }
-        Ok(Host { devices })
+        Ok(Host {
+            devices,
+            ready: ReadySignal::new(ready_fd, cfg.started, cfg.verbose),
+        })
     }
 
     /// A host with the given network devices only: for tests of the
@@ -208,7 +251,10 @@ impl Host {
                 )
             })
             .collect();
-        Host { devices }
+        Host {
+            devices,
+            ready: ReadySignal::new(None, std::time::Instant::now(), false),
+        }
     }
 
     /// The devices as the image sees them in BootInfo, in manifest order.
@@ -226,6 +272,17 @@ impl Host {
                 Device::Net { .. } | Device::Lent { .. } => None,
             })
             .collect()
+    }
+
+    /// The descriptor READY writes its byte to (`--ready-fd`), if any: the
+    /// sandboxes allow one `write` on it.
+    pub fn ready_fd(&self) -> Option<RawFd> {
+        self.ready.fd()
+    }
+
+    /// Whether the application has called READY.
+    pub fn is_ready(&self) -> bool {
+        self.ready.sent()
     }
 
     /// The network backends' descriptors: NET_READ, NET_WRITE and POLL use

@@ -5,7 +5,8 @@
 //! Everything that the ABI defines independently of those mechanics lives
 //! here, written once: decoding and checking hypercall arguments
 //! ([`dispatch`]), the devices of one instance ([`Host`]) with their
-//! network backends ([`net`]: tap, passt), the [`BootInfo`]
+//! network backends ([`net`]: tap, passt, an inherited socket), READY and
+//! the descriptors inherited from kiln's parent ([`inherit`]), the [`BootInfo`]
 //! block ([`BootBlock`]) and how an instance ends ([`Outcome`], [`finish`]).
 //!
 //! Guest memory is reached only through the [`GuestMemory`] trait, whose
@@ -23,9 +24,11 @@ mod boot;
 mod config;
 mod dispatch;
 mod host;
+pub mod inherit;
 mod memory;
 pub mod net;
 mod outcome;
+mod ready;
 pub mod sys;
 
 pub use boot::{BootBlock, BOOT_BLOCK_MAX};
@@ -34,6 +37,7 @@ pub use dispatch::{dispatch, Control};
 pub use host::{Host, TenderError};
 pub use memory::{GuestMemory, MemError, VecMemory};
 pub use outcome::{finish, Fault, Message, Outcome, Violation};
+pub use ready::READY_BYTE;
 
 #[cfg(test)]
 mod net_tests;

@@ -459,3 +459,151 @@ fn a_lent_device_leaves_the_hypercall_path_and_polls_on_its_wake_fd() {
     w.send(&[1]).unwrap();
     assert_eq!(poll(&mut host, &mut mem, u64::MAX), 0b01);
 }
+
+/// A host for an image with one network device `net0` attached with
+/// `--net fd:N` to one end of a fresh `ty` socket pair; the other end.
+fn fd_host(ty: libc::c_int, ready_fd: Option<RawFd>) -> (Host, OwnedFd) {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for two descriptors.
+    let rc = unsafe { libc::socketpair(libc::AF_UNIX, ty, 0, fds.as_mut_ptr()) };
+    assert_eq!(rc, 0);
+    // SAFETY: both are new and ours; the first is handed to the host,
+    // which takes ownership of it (as of an inherited descriptor).
+    let (ours, peer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let manifest = kiln_abi::Manifest::new().with_device(kiln_abi::device::NET, "net0");
+    let mut cfg = crate::tests::config(&manifest);
+    cfg.ready_fd = ready_fd;
+    cfg.net.attach = vec![format!("fd:{}", ours.into_raw_fd()).parse().unwrap()];
+    cfg.net.ip = Some("10.0.0.2/24".parse().unwrap());
+    let host = Host::open(&cfg).unwrap();
+    (host, peer)
+}
+
+#[test]
+fn an_inherited_datagram_socket_carries_frames_and_a_closed_peer_takes_it_down() {
+    let (mut host, peer) = fd_host(libc::SOCK_DGRAM, None);
+    assert_eq!(host.net_fds().len(), 1);
+    let infos = host.device_infos();
+    assert_eq!(infos[0].net.ipv4, [10, 0, 0, 2]);
+    assert_eq!(infos[0].net.flags, 0);
+    let peer = std::os::unix::net::UnixDatagram::from(peer);
+    let mut mem = memory();
+    assert_eq!(net_write(&mut host, &mut mem, 0, &frame(70, 3)), 70);
+    let mut got = [0u8; 2048];
+    assert_eq!(peer.recv(&mut got).unwrap(), 70);
+    assert_eq!(&got[..70], &frame(70, 3)[..]);
+    peer.send(&frame(100, 4)).unwrap();
+    assert_eq!(poll(&mut host, &mut mem, u64::MAX), 1);
+    assert_eq!(net_read(&mut host, &mut mem, 0, 2048), 100);
+    assert_eq!(guest_bytes(&mem, 100), frame(100, 4));
+    // An empty datagram is no frame: dropped, the device stays up.
+    peer.send(&[]).unwrap();
+    assert_eq!(net_read(&mut host, &mut mem, 0, 2048), errno::EAGAIN);
+    assert!(host.net_device(0).unwrap().down().is_none());
+    // The peer goes away: a datagram socket learns it on the next send.
+    drop(peer);
+    assert_eq!(net_write(&mut host, &mut mem, 0, &frame(60, 5)), errno::EIO);
+    assert_eq!(
+        host.net_device(0).unwrap().down(),
+        Some(crate::net::Down::Closed)
+    );
+    assert!(host.net_fds().is_empty());
+}
+
+#[test]
+fn an_inherited_seqpacket_socket_goes_down_when_the_peer_closes() {
+    let (mut host, peer) = fd_host(libc::SOCK_SEQPACKET, None);
+    let mut mem = memory();
+    let sent = crate::net::write_once(std::os::fd::AsRawFd::as_raw_fd(&peer), &frame(64, 6));
+    assert_eq!(sent.unwrap(), 64);
+    assert_eq!(poll(&mut host, &mut mem, u64::MAX), 1);
+    assert_eq!(net_read(&mut host, &mut mem, 0, 2048), 64);
+    drop(peer);
+    // End of file wakes POLL once and takes the device down.
+    let soon = sys::clock_ns(libc::CLOCK_MONOTONIC) + 1_000_000_000;
+    poll(&mut host, &mut mem, soon);
+    assert_eq!(net_read(&mut host, &mut mem, 0, 2048), errno::EIO);
+    assert_eq!(
+        host.net_device(0).unwrap().down(),
+        Some(crate::net::Down::Closed)
+    );
+    assert_eq!(poll(&mut host, &mut mem, 1), 0);
+}
+
+#[test]
+fn ready_writes_one_byte_once_and_checks_its_argument() {
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for two descriptors.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0);
+    // SAFETY: both are new and ours; the write end goes to the host.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let write_raw = write_end.into_raw_fd();
+    let (mut host, _peer) = fd_host(libc::SOCK_DGRAM, Some(write_raw));
+    assert_eq!(host.ready_fd(), Some(write_raw));
+    assert!(!host.is_ready());
+    let mut mem = memory();
+    let ready = |host: &mut Host, mem: &mut VecMemory, reserved: u64| {
+        put_words(mem, ARG, &[reserved, 0x77]);
+        assert!(matches!(
+            dispatch(host, mem, nr::READY, ARG),
+            Control::Continue
+        ));
+        word(mem, ARG + 8) as i64
+    };
+    // A nonzero reserved word is refused and reports nothing.
+    assert_eq!(ready(&mut host, &mut mem, 1), errno::EINVAL);
+    assert!(!host.is_ready());
+    assert_eq!(ready(&mut host, &mut mem, 0), 0);
+    assert_eq!(ready(&mut host, &mut mem, 0), 0);
+    assert!(host.is_ready());
+    // SAFETY: F_SETFL takes an integer.
+    unsafe { libc::fcntl(read_end.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut got = [0u8; 8];
+    // SAFETY: `got` is valid for writes of its length.
+    let n = unsafe { libc::read(read_end.as_raw_fd(), got.as_mut_ptr().cast(), got.len()) };
+    assert_eq!(n, 1, "exactly one byte for two READYs");
+    assert_eq!(got[0], READY_BYTE);
+    // The write end closes with the host: the reader sees end of file.
+    drop(host);
+    // SAFETY: as above.
+    let n = unsafe { libc::read(read_end.as_raw_fd(), got.as_mut_ptr().cast(), got.len()) };
+    assert_eq!(n, 0);
+    // A wild argument is a violation naming READY.
+    let (mut host, _peer) = fd_host(libc::SOCK_DGRAM, None);
+    let (name, why) = violation(dispatch(&mut host, &mut mem, nr::READY, 0xdead_0000));
+    assert_eq!(name, "READY");
+    assert!(matches!(why, Violation::BadRange { .. }));
+}
+
+#[test]
+fn inherited_descriptors_are_checked_before_use() {
+    use std::os::fd::AsRawFd;
+    let manifest = kiln_abi::Manifest::new().with_device(kiln_abi::device::NET, "net0");
+    let mut cfg = crate::tests::config(&manifest);
+    // A stream socket is refused with the flag named.
+    let (stream, _other) = std::os::unix::net::UnixStream::pair().unwrap();
+    cfg.net.attach = vec![format!("fd:{}", stream.as_raw_fd()).parse().unwrap()];
+    let e = Host::open(&cfg).unwrap_err();
+    let msg = crate::tests::chain(&e);
+    assert!(msg.contains("network device 'net0'"), "{msg}");
+    assert!(
+        msg.contains(&format!("--net fd:{}: descriptor", stream.as_raw_fd())),
+        "{msg}"
+    );
+    assert!(msg.contains("is a stream socket"), "{msg}");
+    // One descriptor for both flags.
+    let (dgram, _other) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    cfg.net.attach = vec![format!("fd:{}", dgram.as_raw_fd()).parse().unwrap()];
+    cfg.ready_fd = Some(dgram.as_raw_fd());
+    let e = Host::open(&cfg).unwrap_err();
+    assert!(matches!(e, TenderError::FdShared(_)), "{e}");
+    // A ready fd that is not open.
+    cfg.net.attach.clear();
+    cfg.ready_fd = Some(987);
+    let e = Host::open(&cfg).unwrap_err().to_string();
+    assert_eq!(e, "--ready-fd 987: descriptor 987 is not open");
+}

@@ -18,7 +18,20 @@ pub(crate) fn config(manifest: &Manifest) -> RunConfig {
         disks: Vec::new(),
         verbose: false,
         net: Default::default(),
+        ready_fd: None,
+        started: std::time::Instant::now(),
     }
+}
+
+/// An error and its causes on one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s += &format!(": {c}");
+        cause = c.source();
+    }
+    s
 }
 
 fn setup() -> (Host, VecMemory) {

@@ -26,6 +26,11 @@ pub enum Backend {
     User,
     /// An existing tap device (or one created for the instance, as root).
     Tap(String),
+    /// An inherited descriptor (`--net fd:N`): an `AF_UNIX` socket of type
+    /// `SOCK_DGRAM` or `SOCK_SEQPACKET` whose peer (the process that
+    /// started kiln, such as kilnd) exchanges exactly one Ethernet frame
+    /// per message, as a tap does.
+    Fd(std::os::fd::RawFd),
     /// No backend: the device exists but nothing is connected to it.
     None,
 }
@@ -155,13 +160,25 @@ impl FromStr for Backend {
         match s {
             "user" => Ok(Backend::User),
             "none" => Ok(Backend::None),
+            _ if s.starts_with("fd:") => {
+                let n = &s[3..];
+                match n.parse::<std::os::fd::RawFd>() {
+                    Ok(fd) if fd >= 0 && n.bytes().all(|b| b.is_ascii_digit()) => {
+                        Ok(Backend::Fd(fd))
+                    }
+                    _ => Err(syntax(format!(
+                        "'{n}' is not a descriptor number (fd:N takes a decimal number, 0 to {})",
+                        std::os::fd::RawFd::MAX
+                    ))),
+                }
+            }
             _ => match s.strip_prefix("tap:") {
                 Some(name) if valid_ifname(name) => Ok(Backend::Tap(name.to_string())),
                 Some(name) => Err(syntax(format!(
                     "'{name}' is not a valid interface name (1 to {IFNAME_MAX} printable characters, no '/' or ':')"
                 ))),
                 None => Err(syntax(format!(
-                    "'{s}' is not a network backend (expected user, tap:NAME or none)"
+                    "'{s}' is not a network backend (expected user, tap:NAME, fd:N or none)"
                 ))),
             },
         }
@@ -300,7 +317,7 @@ pub enum PlanError {
     #[error("network device '{0}' is given two backends")]
     Twice(String),
     /// `-p` without a user-mode device.
-    #[error("-p publishes ports through user-mode networking, but no network device uses it (drop --net tap:... or use --net user)")]
+    #[error("-p publishes ports through user-mode networking, but no network device uses it (drop --net tap:... or --net fd:..., or use --net user)")]
     PublishWithoutUser,
     /// `-p` with several user-mode devices.
     #[error("-p is ambiguous: several network devices use user-mode networking")]
@@ -336,6 +353,9 @@ pub enum PlanError {
     /// A declared device the plan does not cover (a bug in [`plan`]).
     #[error("network device '{0}' was left without a backend")]
     Unplanned(String),
+    /// One descriptor for two devices.
+    #[error("--net fd:{0} is given for two network devices")]
+    FdTwice(std::os::fd::RawFd),
     /// `--ip`/`--gateway` for a device with no backend.
     #[error("--ip and --gateway need a backend (--net none has none)")]
     AddressWithoutBackend,
@@ -430,6 +450,13 @@ pub fn plan(declared: &[(usize, &str)], opts: &NetOptions) -> Result<Vec<DeviceP
             });
         }
     }
+    for (i, b) in backends.iter().enumerate() {
+        if let Backend::Fd(fd) = b {
+            if backends[..i].contains(b) {
+                return Err(PlanError::FdTwice(*fd));
+            }
+        }
+    }
     let users = backends.iter().filter(|b| **b == Backend::User).count();
     if !opts.publish.is_empty() && users == 0 {
         return Err(PlanError::PublishWithoutUser);
@@ -469,7 +496,9 @@ pub fn plan(declared: &[(usize, &str)], opts: &NetOptions) -> Result<Vec<DeviceP
                 };
                 (ipv4_config(ip, Some(gateway)), opts.publish.clone())
             }
-            Backend::Tap(_) => match opts.ip {
+            // Like a tap, an fd peer is a link: static addresses when
+            // given, else DHCP (the peer may answer it).
+            Backend::Tap(_) | Backend::Fd(_) => match opts.ip {
                 Some(ip) => (ipv4_config(ip, opts.gateway), Vec::new()),
                 None => (
                     NetConfig {
@@ -551,6 +580,28 @@ mod tests {
             Some("service0")
         );
         assert_eq!("none".parse::<Backend>().unwrap(), Backend::None);
+        assert_eq!("fd:7".parse::<Backend>().unwrap(), Backend::Fd(7));
+        assert_eq!("fd:0".parse::<Backend>().unwrap(), Backend::Fd(0));
+        assert_eq!(
+            "service0=fd:12".parse::<Attach>().unwrap(),
+            Attach {
+                device: Some("service0".into()),
+                backend: Backend::Fd(12)
+            }
+        );
+        for bad in [
+            "fd:",
+            "fd:-1",
+            "fd:+3",
+            "fd:x",
+            "fd:3x",
+            "fd: 3",
+            "fd:2147483648",
+        ] {
+            let e = bad.parse::<Backend>().unwrap_err().to_string();
+            assert!(e.contains("not a descriptor number"), "{bad}: {e}");
+        }
+        assert!("fd".parse::<Backend>().unwrap_err().0.contains("fd:N"));
         for bad in [
             "tap:",
             "tap:a/b",
@@ -633,6 +684,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!(plans[0].config.ipv4_gateway, [0; 4]);
+    }
+
+    #[test]
+    fn fd_backends_address_like_a_tap_and_are_not_shared() {
+        let plans = plan(&[(0, "s")], &opts(&["fd:4"], &[], None, None)).unwrap();
+        assert_eq!(plans[0].backend, Backend::Fd(4));
+        assert_eq!(plans[0].config.flags, net_flags::DHCP4);
+        assert!(plans[0].publish.is_empty());
+        let plans = plan(
+            &[(0, "s")],
+            &opts(&["fd:4"], &[], Some("10.0.0.2/24"), Some("10.0.0.1")),
+        )
+        .unwrap();
+        assert_eq!(plans[0].config.flags, 0);
+        assert_eq!(plans[0].config.ipv4, [10, 0, 0, 2]);
+        assert_eq!(plans[0].config.ipv4_prefix, 24);
+        assert_eq!(plans[0].config.ipv4_gateway, [10, 0, 0, 1]);
+        let two = [(0, "a"), (1, "b")];
+        assert_eq!(
+            plan(&two, &opts(&["a=fd:4", "b=fd:4"], &[], None, None)),
+            Err(PlanError::FdTwice(4))
+        );
+        assert!(plan(&two, &opts(&["a=fd:4", "b=fd:5"], &[], None, None)).is_ok());
+        assert_eq!(
+            plan(&[(0, "s")], &opts(&["fd:4"], &["80:80"], None, None)),
+            Err(PlanError::PublishWithoutUser)
+        );
     }
 
     #[test]

@@ -40,6 +40,11 @@ pub trait Port: fmt::Debug + Send {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
     /// The descriptor to wait on in POLL, if any.
     fn fd(&self) -> Option<RawFd>;
+    /// Whether a read of 0 bytes means the peer is gone (a
+    /// `SOCK_SEQPACKET` socket) rather than an empty frame to drop.
+    fn empty_read_is_eof(&self) -> bool {
+        false
+    }
 }
 
 /// A backend descriptor.
@@ -58,10 +63,45 @@ impl Port for FdPort {
     }
 }
 
+/// An inherited `AF_UNIX` frame socket (`--net fd:N`): one frame per
+/// message, like a tap. A `SOCK_SEQPACKET` peer that closes reads as end
+/// of file; a `SOCK_DGRAM` peer that closes shows only when the next frame
+/// is sent (ECONNREFUSED), which takes the device down just the same.
+#[derive(Debug)]
+pub struct SocketPort {
+    fd: std::os::fd::OwnedFd,
+    seqpacket: bool,
+}
+
+impl SocketPort {
+    /// A port on `fd`, a nonblocking socket of `kind`.
+    pub fn new(fd: std::os::fd::OwnedFd, kind: crate::inherit::FrameSocket) -> Self {
+        SocketPort {
+            fd,
+            seqpacket: kind == crate::inherit::FrameSocket::SeqPacket,
+        }
+    }
+}
+
+impl Port for SocketPort {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        super::sys::read(std::os::fd::AsRawFd::as_raw_fd(&self.fd), buf)
+    }
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        super::sys::write(std::os::fd::AsRawFd::as_raw_fd(&self.fd), buf)
+    }
+    fn fd(&self) -> Option<RawFd> {
+        Some(std::os::fd::AsRawFd::as_raw_fd(&self.fd))
+    }
+    fn empty_read_is_eof(&self) -> bool {
+        self.seqpacket
+    }
+}
+
 /// How frames sit on a port.
 #[derive(Debug)]
 pub enum Framing {
-    /// One frame per read and per write (a tap).
+    /// One frame per read and per write (a tap, an inherited frame socket).
     Datagram {
         /// Receive buffer.
         rx: Box<[u8]>,
@@ -248,6 +288,7 @@ impl NetDevice {
                         self.stats.rx_frames += 1;
                         break Ok(Some(deliver(&rx[..n])));
                     }
+                    Ok(0) if port.empty_read_is_eof() => break Err(Down::Closed),
                     Ok(_) => {
                         // A tap never reads 0 bytes while attached; a short
                         // or long frame is dropped.
@@ -315,6 +356,15 @@ impl NetDevice {
                 Ok(_) => Ok(Sent::Ok),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Sent::Busy),
                 Err(e) if e.raw_os_error() == Some(libc::EBADFD) => Err(Down::Io(libc::EBADFD)),
+                // A frame socket whose peer is gone (never a tap).
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ECONNREFUSED | libc::ENOTCONN | libc::EPIPE | libc::ECONNRESET)
+                    ) =>
+                {
+                    Err(Down::Closed)
+                }
                 // A tap that is administratively down answers EIO: this
                 // frame is lost, the next may pass.
                 Err(_) => Ok(Sent::Refused),

@@ -6,7 +6,8 @@
 //! * [`stream`]: length-prefixed frames on a byte stream (pure).
 //! * `device`: one device on the hypercall path, allocation-free, its I/O
 //!   edge injected as a `Port`.
-//! * `passt` (user mode, `-p`) and `tap` (`--net tap:NAME`): the backends'
+//! * `passt` (user mode, `-p`), `tap` (`--net tap:NAME`) and an inherited
+//!   frame socket (`--net fd:N`, see [`crate::inherit`]): the backends'
 //!   set-up; `arp`: passt's start-up probe (pure); `sys`: raw calls.
 //!
 //! Every device has MTU [`config::MTU`] and a locally administered MAC
@@ -27,10 +28,11 @@ pub use config::{
     plan, Attach, Backend, DevicePlan, Ipv4Cidr, NetOptions, PlanError, Proto, Publish,
     SyntaxError, MTU,
 };
-pub use device::{Down, FdPort, Framing, NetDevice, Port, Sent, Stats};
+pub use device::{Down, FdPort, Framing, NetDevice, Port, Sent, SocketPort, Stats};
 
+use crate::inherit::{self, FdError, FrameSocket};
 use std::net::Ipv4Addr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::PathBuf;
 
 /// Why a network backend could not be set up.
@@ -74,6 +76,9 @@ pub enum NetError {
         /// What bind(2) said.
         error: std::io::Error,
     },
+    /// `--net fd:N` names no usable frame socket.
+    #[error(transparent)]
+    Fd(#[from] FdError),
     /// A socket or pipe for a backend could not be made.
     #[error("cannot set up the backend's socket")]
     Socket(#[source] std::io::Error),
@@ -131,6 +136,35 @@ pub(crate) fn poll_fds(
     sys::ppoll(fds, timeout_ns)
 }
 
+/// One nonblocking `write(2)` (for the READY byte).
+pub(crate) fn write_once(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
+    sys::write(fd, buf)
+}
+
+/// Ignores SIGPIPE, so that a write to a peer that is gone fails with
+/// EPIPE instead of ending the process.
+pub(crate) fn ignore_sigpipe() -> std::io::Result<()> {
+    sys::ignore_sigpipe()
+}
+
+/// The inherited socket of a `--net fd:N` device, claimed before any
+/// backend is set up (so that no helper process inherits it).
+#[derive(Debug)]
+pub(crate) struct InheritedSocket {
+    fd: OwnedFd,
+    kind: FrameSocket,
+}
+
+/// Checks and claims the socket `plan` names, if it is `--net fd:N`.
+pub(crate) fn claim_socket(plan: &DevicePlan) -> Result<Option<InheritedSocket>, NetError> {
+    let Backend::Fd(n) = plan.backend else {
+        return Ok(None);
+    };
+    let kind = inherit::check_frame_socket(n)?;
+    let fd = inherit::claim(n, inherit::NET_FLAG)?;
+    Ok(Some(InheritedSocket { fd, kind }))
+}
+
 /// What keeps a backend alive besides its descriptor.
 #[derive(Debug)]
 pub(crate) enum Keep {
@@ -171,6 +205,7 @@ pub(crate) fn attach(
     name: [u8; kiln_abi::DEVICE_NAME_LEN],
     mac: [u8; 6],
     verbose: bool,
+    inherited: Option<InheritedSocket>,
 ) -> Result<(NetDevice, Keep), NetError> {
     let frame_max = device::frame_max(MTU);
     let shown = String::from_utf8_lossy(&name)
@@ -179,6 +214,17 @@ pub(crate) fn attach(
     let say = |what: String| {
         if verbose {
             eprintln!("kiln: net {shown}: {what}");
+        }
+    };
+    let addressing = || {
+        if plan.config.flags & kiln_abi::net_flags::DHCP4 != 0 {
+            "address by DHCP".to_string()
+        } else {
+            format!(
+                "guest {}/{}",
+                Ipv4Addr::from(plan.config.ipv4),
+                plan.config.ipv4_prefix
+            )
         }
     };
     let mac_shown = mac
@@ -226,20 +272,36 @@ pub(crate) fn attach(
                 } else {
                     ""
                 },
-                if plan.config.flags & kiln_abi::net_flags::DHCP4 != 0 {
-                    "address by DHCP".to_string()
-                } else {
-                    format!(
-                        "guest {}/{}",
-                        Ipv4Addr::from(plan.config.ipv4),
-                        plan.config.ipv4_prefix
-                    )
-                }
+                addressing()
             ));
             Ok((
                 NetDevice::new(
                     name,
                     Some(Box::new(device::FdPort(t.fd))),
+                    Framing::datagram(),
+                    frame_max,
+                ),
+                Keep::Nothing,
+            ))
+        }
+        Backend::Fd(n) => {
+            let Some(InheritedSocket { fd, kind }) = inherited else {
+                // `claim_socket` was not called for this plan: a bug, but
+                // no reason to guess at the descriptor.
+                return Err(NetError::Fd(FdError {
+                    flag: inherit::NET_FLAG,
+                    fd: *n,
+                    problem: inherit::FdProblem::NotOpen,
+                }));
+            };
+            say(format!(
+                "descriptor {n} ({kind}), mac {mac_shown}, {}",
+                addressing()
+            ));
+            Ok((
+                NetDevice::new(
+                    name,
+                    Some(Box::new(SocketPort::new(fd, kind))),
                     Framing::datagram(),
                     frame_max,
                 ),
