@@ -9,10 +9,13 @@
 //! * peak RSS of one instance per tender (from wait4's rusage).
 //!
 //! Usage: `kiln-bench [--runs N] [--kiln PATH] [--image PATH] [--native PATH]`;
-//! `kiln-bench http ...` measures HTTP serving instead (see `http.rs`).
+//! `kiln-bench http ...` measures HTTP serving instead (see `http.rs`), and
+//! `kiln-bench kilnd ...` kilnd's cold first request, spawn rate and density
+//! (see `kilnd.rs`).
 //! `bench/run` builds everything and calls it.
 
 mod http;
+mod kilnd;
 mod proc;
 
 use std::path::PathBuf;
@@ -77,8 +80,10 @@ struct Series {
 }
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some("http") {
-        std::process::exit(http::main(std::env::args().skip(2).collect()));
+    match std::env::args().nth(1).as_deref() {
+        Some("http") => std::process::exit(http::main(std::env::args().skip(2).collect())),
+        Some("kilnd") => std::process::exit(kilnd::main(std::env::args().skip(2).collect())),
+        _ => {}
     }
     let args = match parse_args() {
         Ok(a) => a,

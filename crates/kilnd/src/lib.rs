@@ -1,0 +1,15 @@
+//! kilnd: starts kiln unikernels when a connection arrives, holds that
+//! connection while the instance boots, splices it through, and stops
+//! instances that have been idle for their service's timeout.
+//!
+//! The pieces: [`config`] reads `services.toml`; [`daemon`] owns the
+//! services, their listeners and instances; [`instance`] spawns one
+//! `kiln run` child wired to a [`kiln_peer`] link; [`api`] serves the
+//! JSON/Prometheus HTTP API the `kiln` CLI uses.
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod instance;
+pub mod logs;
+pub mod metrics;

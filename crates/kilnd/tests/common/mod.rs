@@ -1,0 +1,378 @@
+//! A real kilnd with real images, driven over its API and real TCP.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// The kilnd under test.
+pub fn kilnd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kilnd"))
+}
+
+/// The kiln binary next to kilnd, built (once) if it is missing or stale.
+pub fn kiln_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let release = kilnd_bin().to_string_lossy().contains("/release/");
+            let mut c = Command::new(cargo);
+            c.current_dir(root())
+                .args(["build", "-q", "-p", "kiln-cli", "--bin", "kiln"]);
+            if release {
+                c.arg("--release");
+            }
+            let st = c.status().expect("run cargo build -p kiln-cli");
+            assert!(st.success(), "cargo build -p kiln-cli failed");
+            let p = kilnd_bin().parent().unwrap().join("kiln");
+            assert!(p.is_file(), "{} missing", p.display());
+            p
+        })
+        .clone()
+}
+
+/// Builds a guest crate (relative to the root) once; returns the image.
+pub fn image(dir: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<Vec<(String, PathBuf)>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(|| Mutex::new(Vec::new()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = built.iter().find(|(d, _)| d == dir) {
+        return p.clone();
+    }
+    let out = Command::new(kiln_bin())
+        .current_dir(root())
+        .args(["build", "-q", dir])
+        .output()
+        .expect("run kiln build");
+    assert!(
+        out.status.success(),
+        "kiln build {dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let name = Path::new(dir)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let p = root().join("target/kiln").join(format!("{name}.kiln"));
+    built.push((dir.into(), p.clone()));
+    p
+}
+
+/// Whether hvt works here (loudly says so when it does not).
+pub fn tenders() -> Vec<&'static str> {
+    static OK: OnceLock<bool> = OnceLock::new();
+    let hvt = *OK.get_or_init(|| {
+        let ok = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        if !ok {
+            eprintln!(
+                "\n*** SKIPPING kilnd tests on hvt: /dev/kvm cannot be opened on this host ***\n"
+            );
+        }
+        ok
+    });
+    if hvt {
+        vec!["spt", "hvt"]
+    } else {
+        vec!["spt"]
+    }
+}
+
+/// A fresh directory for one test.
+pub fn scratch(tag: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "kilnd-test-{}-{tag}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// One `[[service]]` of the probe image on an ephemeral port.
+pub fn probe_service(name: &str, tender: &str, extra: &str) -> String {
+    format!(
+        "[[service]]\nname = \"{name}\"\nimage = \"{}\"\nlisten = \"127.0.0.1:0\"\nguest_port = 80\ntender = \"{tender}\"\nmemory = \"16M\"\n{extra}\n",
+        image("tests/images/kilnd-probe").display()
+    )
+}
+
+/// A running kilnd.
+pub struct Kilnd {
+    pub child: Child,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub api: PathBuf,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+impl Kilnd {
+    /// Starts kilnd on `config` text in a fresh directory and waits until
+    /// it says it is ready.
+    pub fn start(tag: &str, config: &str) -> Kilnd {
+        let dir = scratch(tag);
+        let path = dir.join("services.toml");
+        std::fs::write(&path, config).unwrap();
+        Self::start_in(dir, path)
+    }
+
+    /// Starts kilnd on an existing file.
+    pub fn start_in(dir: PathBuf, config: PathBuf) -> Kilnd {
+        let api = dir.join("api.sock");
+        let mut child = Command::new(kilnd_bin())
+            .arg("--config")
+            .arg(&config)
+            .arg("--api")
+            .arg(format!("unix:{}", api.display()))
+            .arg("--kiln")
+            .arg(kiln_bin())
+            .arg("--verbose")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kilnd");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let err = child.stderr.take().unwrap();
+            let log = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if line.starts_with("kilnd: ready") {
+                        let _ = tx.send(());
+                    }
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let k = Kilnd {
+            child,
+            dir,
+            config,
+            api,
+            stderr,
+        };
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            panic!("kilnd did not become ready:\n{}", k.log());
+        }
+        k
+    }
+
+    /// What kilnd printed so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// One API request.
+    pub fn call(&self, method: &str, path: &str) -> (u16, String) {
+        let mut s = std::os::unix::net::UnixStream::connect(&self.api).expect("connect to API");
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: kilnd\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP answer");
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, body.to_string())
+    }
+
+    /// `GET /v1/services`.
+    pub fn services(&self) -> Value {
+        let (st, body) = self.call("GET", "/v1/services");
+        assert_eq!(st, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// One service's JSON.
+    pub fn service(&self, name: &str) -> Value {
+        self.services()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no service {name}"))
+    }
+
+    /// The address kilnd bound for a service.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.service(name)["listen"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits (bounded) until `cond` holds for a service's JSON.
+    pub fn wait_for(&self, name: &str, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.service(name);
+            if cond(&v) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}: {v:#}\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        wait_child(&mut self.child, Duration::from_secs(20)).expect("kilnd did not exit on SIGTERM")
+    }
+}
+
+impl Drop for Kilnd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for a child with a deadline.
+pub fn wait_child(c: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(st)) = c.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Waits (bounded) until a process is gone.
+pub fn gone(pid: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+/// A keep-alive client of the probe image.
+pub struct Client {
+    pub s: TcpStream,
+}
+
+/// What the probe answered: its boot id and the echoed body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub boot: u64,
+    pub body: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).expect("connect to service");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Client { s }
+    }
+
+    /// Sends one request (without waiting for the answer).
+    pub fn send(&mut self, path: &str, body: &[u8]) {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: probe\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        self.s.write_all(head.as_bytes()).unwrap();
+        self.s.write_all(body).unwrap();
+    }
+
+    /// Reads one answer; `None` when the connection ends first.
+    pub fn answer(&mut self) -> Option<Answer> {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match self.s.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return None,
+            }
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut body = vec![0u8; len];
+        self.s.read_exact(&mut body).ok()?;
+        let text_end = body
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b' ')
+            .nth(1)
+            .map(|(i, _)| i)
+            .unwrap();
+        let prefix = String::from_utf8_lossy(&body[..text_end]).into_owned();
+        let mut it = prefix.split(' ');
+        let boot = it.next().unwrap().parse().unwrap();
+        let n: usize = it.next().unwrap().parse().unwrap();
+        let rest = body[text_end + 1..].to_vec();
+        assert_eq!(rest.len(), n);
+        Some(Answer { boot, body: rest })
+    }
+
+    /// One request and its answer.
+    pub fn request(&mut self, path: &str, body: &[u8]) -> Option<Answer> {
+        self.send(path, body);
+        self.answer()
+    }
+}
+
+/// A body of `n` recognisable bytes.
+pub fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
