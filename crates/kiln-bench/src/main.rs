@@ -9,11 +9,14 @@
 //! * peak RSS of one instance per tender (from wait4's rusage).
 //!
 //! Usage: `kiln-bench [--runs N] [--kiln PATH] [--image PATH] [--native PATH]`;
-//! `kiln-bench http ...` measures HTTP serving instead (see `http.rs`).
+//! `kiln-bench http ...` measures HTTP serving instead (see `http.rs`),
+//! `kiln-bench ready ...` the time to READY as kilnd starts instances
+//! (see `ready.rs`).
 //! `bench/run` builds everything and calls it.
 
 mod http;
 mod proc;
+mod ready;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -79,6 +82,9 @@ struct Series {
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("http") {
         std::process::exit(http::main(std::env::args().skip(2).collect()));
+    }
+    if std::env::args().nth(1).as_deref() == Some("ready") {
+        std::process::exit(ready::main(std::env::args().skip(2).collect()));
     }
     let args = match parse_args() {
         Ok(a) => a,
