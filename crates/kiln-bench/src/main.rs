@@ -9,14 +9,16 @@
 //! * peak RSS of one instance per tender (from wait4's rusage).
 //!
 //! Usage: `kiln-bench [--runs N] [--kiln PATH] [--image PATH] [--native PATH]`;
-//! `kiln-bench http ...` measures HTTP serving instead (see `http.rs`), and
+//! `kiln-bench http ...` measures HTTP serving instead (see `http.rs`),
 //! `kiln-bench kilnd ...` kilnd's cold first request, spawn rate and density
-//! (see `kilnd.rs`).
+//! (see `kilnd.rs`), `kiln-bench ready ...` the time to READY as kilnd
+//! starts instances (see `ready.rs`).
 //! `bench/run` builds everything and calls it.
 
 mod http;
 mod kilnd;
 mod proc;
+mod ready;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -83,6 +85,7 @@ fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("http") => std::process::exit(http::main(std::env::args().skip(2).collect())),
         Some("kilnd") => std::process::exit(kilnd::main(std::env::args().skip(2).collect())),
+        Some("ready") => std::process::exit(ready::main(std::env::args().skip(2).collect())),
         _ => {}
     }
     let args = match parse_args() {

@@ -128,6 +128,33 @@ fn wild_hypercall_pointers_end_the_instance() {
 }
 
 #[test]
+fn hostile_ready_arguments_end_the_instance() {
+    crashes(
+        "tests/images/wild-pointer",
+        &["ready"],
+        &[
+            "hypercall READY: argument struct at 0xfff00000",
+            "is not writable guest memory",
+        ],
+    );
+    crashes(
+        "tests/images/wild-pointer",
+        &["ready-readonly"],
+        &["hypercall READY: argument struct at", "not writable"],
+    );
+    // A nonzero reserved word is refused in `ret`, not fatal.
+    let img = image("tests/images/wild-pointer");
+    for t in tenders() {
+        let r = run(t, &img, &[], &["ready-reserved"]);
+        assert_eq!(r.status, 0, "{t}: {r:?}");
+        assert!(
+            r.stdout.contains("wild-pointer: ready-reserved ret -22"),
+            "{t}: {r:?}"
+        );
+    }
+}
+
+#[test]
 fn unknown_hypercall_numbers_end_the_instance() {
     crashes(
         "tests/images/wild-pointer",

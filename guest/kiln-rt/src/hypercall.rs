@@ -208,6 +208,15 @@ pub(crate) fn net_kick(device: usize) {
     }
 }
 
+/// Tells the tender the application is ready to serve (READY): 0, or a
+/// negative errno.
+pub(crate) fn ready() -> i64 {
+    let mut arg = kiln_abi::Ready::default();
+    // SAFETY: READY reads and writes only the struct itself.
+    unsafe { hypercall(nr::READY, &mut arg) };
+    arg.ret
+}
+
 /// Ends the instance with `code`; `kiln run` exits with `code & 0xff`.
 ///
 /// Nothing runs after it: no destructors, no pending tasks. Returning from

@@ -23,7 +23,8 @@
 //! monotonic and wall-clock time ([`time`]), a single-threaded async
 //! executor ([`executor`]), arguments and environment ([`mod@env`]), block
 //! devices ([`block`]), TCP/IP networking (`net`, with the `net` feature),
-//! and a panic handler that ends the instance with the panic message.
+//! readiness for whoever started the instance ([`ready`]), and a panic
+//! handler that ends the instance with the panic message.
 //!
 //! The image talks to its tender only through the hypercalls of
 //! [`kiln_abi`] (re-exported as [`abi`]); everything above the small
@@ -70,6 +71,35 @@ pub use boot::{device_name, devices, tender};
 pub use executor::{block_on, spawn};
 pub use heap::heap_size;
 pub use hypercall::{abort, exit};
+
+/// Whether READY was issued.
+static READY: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Tells the tender that the application is ready to serve (the READY
+/// hypercall), once: later calls do nothing.
+///
+/// Whoever started the instance learns it at once (`kiln run --ready-fd`,
+/// used by kilnd to hold a client's connection until the instance can take
+/// it). With the `net` feature kiln-rt calls it by itself when the first
+/// `net::TcpListener::bind` or `net::UdpSocket::bind` succeeds and the
+/// interface has its IPv4 configuration: a static address at once; with
+/// DHCP, when the lease arrives (also when the bind came first). An
+/// application that needs more before it can answer (a cache to load, say)
+/// binds after that work. Call it yourself in an application that serves
+/// without binding a socket.
+pub fn ready() {
+    let first = !READY.swap(true, core::sync::atomic::Ordering::Relaxed);
+    // Host unit tests have no tender to call.
+    if first && cfg!(not(test)) {
+        // A reserved word of zero is never refused; nothing to do on error.
+        let _ = hypercall::ready();
+    }
+}
+
+/// Whether [`ready`] was called (by the application or by kiln-rt).
+pub fn is_ready() -> bool {
+    READY.load(core::sync::atomic::Ordering::Relaxed)
+}
 
 /// What an application's `main` may return; converted to the exit code of
 /// the instance.

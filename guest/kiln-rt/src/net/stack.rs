@@ -135,6 +135,12 @@ pub(crate) struct Stack {
     /// DHCP was asked for.
     configured: bool,
     config_waiters: Vec<Waker>,
+    /// Whether this stack tells the tender it is ready (READY) once an
+    /// application socket is bound and IPv4 is configured: stacks on a
+    /// device the tender attached do, loopback and custom drivers do not.
+    announce: bool,
+    /// A `TcpListener` or `UdpSocket` was bound.
+    bound: bool,
     /// Sockets were used since the last turn: output may be queued.
     pub(crate) dirty: bool,
     tcp_count: usize,
@@ -245,6 +251,8 @@ impl Stack {
             orphans: Vec::new(),
             configured: dhcp.is_none(),
             dhcp,
+            announce: false,
+            bound: false,
             config_waiters: Vec::new(),
             dirty: true,
             tcp_count: 0,
@@ -271,7 +279,8 @@ impl Stack {
                 None => Box::new(HypercallDriver::new(index, dev.unit as usize, dev.mac)),
             };
         let cfg = IfaceConfig::from_abi(&dev.net);
-        let stack = Stack::new(driver, cfg);
+        let mut stack = Stack::new(driver, cfg);
+        stack.announce = true;
         let m = dev.mac;
         log::info!(
             "net: {} up, mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, mtu {}{}",
@@ -429,7 +438,10 @@ impl Stack {
         );
         self.refill(id, time::monotonic_ns());
         match self.listeners.get(&id) {
-            Some(l) if !l.listening.is_empty() => Ok(id),
+            Some(l) if !l.listening.is_empty() => {
+                self.note_bound();
+                Ok(id)
+            }
             _ => {
                 self.unlisten(id);
                 Err(Error::TooManySockets)
@@ -630,6 +642,28 @@ impl Stack {
         }
     }
 
+    // ---- readiness ---------------------------------------------------
+
+    /// An application socket was bound: the application serves once IPv4
+    /// is configured too.
+    pub(crate) fn note_bound(&mut self) {
+        self.bound = true;
+        self.announce_if_ready();
+    }
+
+    /// Whether the stack would call READY now (bound and configured).
+    pub(crate) fn serving(&self) -> bool {
+        self.bound && self.configured
+    }
+
+    /// Calls READY when the application serves (once; later calls are
+    /// no-ops in [`crate::ready`]).
+    fn announce_if_ready(&mut self) {
+        if self.announce && self.serving() {
+            crate::ready();
+        }
+    }
+
     // ---- configuration -----------------------------------------------
 
     /// Applies DHCP results.
@@ -667,6 +701,7 @@ impl Stack {
                 for waker in self.config_waiters.drain(..) {
                     waker.wake();
                 }
+                self.announce_if_ready();
             }
             None => {
                 // The DHCP socket reports "deconfigured" once at start too.
@@ -813,5 +848,47 @@ impl Reactor for NetReactor {
 
     fn deadline(&self) -> Option<u64> {
         with_running(|s| s.poll_at).flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_waits_for_both_a_bound_socket_and_the_dhcp_lease() {
+        let _serial = crate::global::tests::serial();
+        let cfg = IfaceConfig {
+            dhcp4: true,
+            ..IfaceConfig::default()
+        };
+        let mut stack = Stack::new(Box::new(LoopbackDriver::new(1500)), cfg);
+        stack.announce = true;
+        assert!(!stack.serving());
+        stack.note_bound();
+        assert!(!stack.serving(), "no address yet: not ready");
+        assert!(!crate::is_ready());
+        let lease = Ipv4Cidr::new(Ipv4Addr::new(10, 0, 0, 2), 24);
+        stack.set_ipv4(Some((lease, Some(Ipv4Addr::new(10, 0, 0, 1)))));
+        assert!(stack.serving());
+        assert!(crate::is_ready(), "the lease after the bind calls READY");
+        // Losing the lease does not take READY back (it is reported once).
+        stack.set_ipv4(None);
+        assert!(!stack.serving());
+        assert!(crate::is_ready());
+    }
+
+    #[test]
+    fn static_addresses_serve_on_the_first_bind() {
+        let _serial = crate::global::tests::serial();
+        let cfg = IfaceConfig {
+            ipv4: Some((Ipv4Addr::new(10, 0, 0, 2), 24)),
+            ..IfaceConfig::default()
+        };
+        let mut stack = Stack::new(Box::new(LoopbackDriver::new(1500)), cfg);
+        assert!(!stack.serving());
+        stack.listen(80).unwrap();
+        assert!(stack.serving());
+        assert_eq!(stack.listen(0), Err(Error::InvalidInput));
     }
 }

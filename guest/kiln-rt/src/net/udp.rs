@@ -55,6 +55,7 @@ impl UdpSocket {
             socket.bind(port).map_err(|_| Error::InvalidInput)?;
             let handle = s.sockets.add(socket);
             s.udp_count += 1;
+            s.note_bound();
             Ok(UdpSocket { handle, port })
         })?
     }

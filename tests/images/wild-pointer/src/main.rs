@@ -7,7 +7,13 @@
 //! * `tender-memory`: CONSOLE_WRITE with buf = 0x1000 (the tender's pages);
 //! * `unknown`: hypercall number 77;
 //! * `bad-struct`: CLOCK with the argument struct itself at 0xfff0_0000,
-//!   beyond guest memory.
+//!   beyond guest memory;
+//! * `ready`: READY with its argument struct at 0xfff0_0000;
+//! * `ready-readonly`: READY with its argument struct in read-only data
+//!   (the tender writes `ret` back, so it must be writable);
+//! * `ready-reserved`: READY with a nonzero reserved word, which is not a
+//!   violation: it answers EINVAL, reports nothing, and the image exits 0
+//!   after printing the answer.
 #![no_std]
 #![no_main]
 
@@ -17,6 +23,12 @@ use kiln_rt::println;
 kiln_rt::entry!(main);
 
 static MESSAGE: &[u8] = b"valid bytes here";
+
+/// A READY argument in read-only memory.
+static READONLY_READY: abi::Ready = abi::Ready {
+    reserved: 0,
+    ret: 0,
+};
 
 fn console_write(buf: u64, len: u64) {
     let mut arg = ConsoleWrite { buf, len };
@@ -41,6 +53,22 @@ fn main() -> i32 {
         }
         // SAFETY: the address is outside guest memory; the tender must refuse it.
         "bad-struct" => unsafe { abi::hypercall_raw(nr::CLOCK, 0xfff0_0000) },
+        // SAFETY: as above.
+        "ready" => unsafe { abi::hypercall_raw(nr::READY, 0xfff0_0000) },
+        // SAFETY: the tender must refuse to write the read-only struct.
+        "ready-readonly" => unsafe {
+            abi::hypercall_raw(nr::READY, &READONLY_READY as *const abi::Ready as u64)
+        },
+        "ready-reserved" => {
+            let mut arg = abi::Ready {
+                reserved: 1,
+                ret: 0,
+            };
+            // SAFETY: READY reads and writes only the struct.
+            unsafe { abi::hypercall(nr::READY, &mut arg) };
+            println!("wild-pointer: ready-reserved ret {}", arg.ret);
+            return 0;
+        }
         other => {
             println!("wild-pointer: unknown case {other:?}");
             return 2;
