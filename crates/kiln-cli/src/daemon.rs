@@ -227,7 +227,11 @@ pub fn ps_table(v: &Value) -> String {
 
 /// `kiln logs NAME`.
 pub fn logs(api: &ApiArgs, service: &str, lines: usize) -> ExitCode {
-    match call(api, "GET", &format!("/v1/services/{service}/logs?lines={lines}")) {
+    match call(
+        api,
+        "GET",
+        &format!("/v1/services/{service}/logs?lines={lines}"),
+    ) {
         Ok((200, body)) => {
             let _ = std::io::stdout().write_all(&body);
             ExitCode::SUCCESS
@@ -324,8 +328,14 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("SERVICE"), "{t}");
         assert!(lines[1].contains("web") && lines[1].contains("#3") && lines[1].contains("ready"));
-        assert!(lines[1].contains("2.0 MiB") && lines[1].contains("1.5s"), "{t}");
+        assert!(
+            lines[1].contains("2.0 MiB") && lines[1].contains("1.5s"),
+            "{t}"
+        );
         assert!(lines[2].contains("db") && lines[2].contains("idle"), "{t}");
-        assert!(lines[3].contains("#2") && lines[3].contains("status 139"), "{t}");
+        assert!(
+            lines[3].contains("#2") && lines[3].contains("status 139"),
+            "{t}"
+        );
     }
 }

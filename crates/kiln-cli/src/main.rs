@@ -59,7 +59,9 @@ enum Command {
     },
     /// Run kilnd in the foreground with a services file (same as
     /// `kilnd --config FILE`).
-    #[command(after_help = "Example:\n  kiln up services.toml    then, from another terminal: kiln ps")]
+    #[command(
+        after_help = "Example:\n  kiln up services.toml    then, from another terminal: kiln ps"
+    )]
     Up {
         /// The services file.
         config: PathBuf,
