@@ -158,6 +158,39 @@ fn crashed_instance_is_reported_and_restarted_on_the_next_request() {
 }
 
 #[test]
+fn cpu_limit_stops_a_spinning_instance_and_others_go_on() {
+    for tender in tenders() {
+        let k = Kilnd::start(
+            "cpu",
+            &probe_service(
+                "spin",
+                tender,
+                "cpu_limit = \"1s\"\nmax_instances = 2\nconcurrency = 1",
+            ),
+        );
+        let mut spinner = Client::connect(k.addr("spin"));
+        spinner.send("/spin", b"");
+        // While one instance spins, a second one serves.
+        let other = Client::connect(k.addr("spin")).request("/", b"ok").unwrap();
+        assert_eq!(other.body, b"ok");
+        assert!(
+            spinner.answer().is_none(),
+            "the spinning instance never answers"
+        );
+        let v = k.wait_for("spin", "the CPU limit", |v| {
+            v["recent_exits"].as_array().is_some_and(|e| !e.is_empty())
+        });
+        let last = &v["recent_exits"][0];
+        assert_eq!(last["signal"], libc::SIGXCPU, "{tender}: {v:#}");
+        assert!(
+            last["reason"].as_str().unwrap().contains("CPU time limit"),
+            "{v:#}"
+        );
+        assert!(last["lived_ms"].as_u64().unwrap() >= 1000, "{v:#}");
+    }
+}
+
+#[test]
 fn max_instances_is_respected_under_concurrent_load() {
     let k = Kilnd::start(
         "max",

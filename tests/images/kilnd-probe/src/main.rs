@@ -8,6 +8,7 @@
 //! on keep-alive connections:
 //! * `/crash` panics the instance (exit status 134);
 //! * `/exit` ends it with status 3;
+//! * `/spin` burns CPU forever (for `cpu_limit`);
 //! * anything else gets `200` whose body is `BOOT_ID N ` followed by the N
 //!   request body bytes, so a test can see that nothing it sent was lost
 //!   and which instance answered (`BOOT_ID` is the wall clock at boot in ns).
@@ -76,6 +77,9 @@ async fn serve(mut s: TcpStream, boot: u64) {
         match path {
             "/crash" => panic!("crash requested"),
             "/exit" => kiln_rt::exit(3),
+            "/spin" => loop {
+                core::hint::spin_loop();
+            },
             _ => {}
         }
         while buf.len() < head_end + length {
