@@ -123,6 +123,7 @@ impl Daemon {
             .arg(format!("unix:{}", api.display()))
             .arg("--kiln")
             .arg(&o.kiln)
+            .arg("--quiet")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -65,7 +65,7 @@ enum Command {
     Up {
         /// The services file.
         config: PathBuf,
-        /// Report every instance start, READY and stop.
+        /// Also echo every line instances print.
         #[arg(short, long)]
         verbose: bool,
         #[command(flatten)]

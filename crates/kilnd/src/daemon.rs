@@ -78,7 +78,8 @@ impl Service {
         let hooks = Hooks {
             logs: self.logs.clone(),
             metrics: self.metrics.clone(),
-            verbose: daemon.verbose,
+            events: daemon.verbosity >= Verbosity::Events,
+            output: daemon.verbosity >= Verbosity::Output,
             on_exit: Box::new(move |inst, exit| {
                 if let Some(svc) = weak.upgrade() {
                     svc.reaped(inst, exit);
@@ -93,7 +94,7 @@ impl Service {
         if cold {
             self.metrics.cold_starts.fetch_add(1, Relaxed);
         }
-        if daemon.verbose {
+        if daemon.verbosity >= Verbosity::Events {
             eprintln!(
                 "kilnd: {}#{}: started (pid {}{})",
                 self.spec.name,
@@ -124,7 +125,7 @@ impl Service {
             m.exits.fetch_add(1, Relaxed);
         }
         if let Some(d) = self.daemon.upgrade() {
-            if d.verbose || exit.crashed {
+            if d.verbosity >= Verbosity::Events || exit.crashed {
                 eprintln!("kilnd: {}#{}: {}", self.spec.name, inst.id, exit.reason);
             }
         }
@@ -242,12 +243,23 @@ fn human(d: Duration) -> String {
     }
 }
 
+/// What kilnd reports on standard error (crashes are always reported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    /// Only crashes and errors.
+    Quiet,
+    /// Instance starts, READY, stops and exits.
+    Events,
+    /// Events and every line instances print.
+    Output,
+}
+
 /// The daemon.
 pub struct Daemon {
     /// The `kiln` binary instances are started with.
     pub kiln: PathBuf,
-    /// Echo events and instance output on standard error.
-    pub verbose: bool,
+    /// What kilnd reports on standard error.
+    pub verbosity: Verbosity,
     /// The configuration file reloads read.
     pub config_path: PathBuf,
     /// When kilnd started.
@@ -260,10 +272,10 @@ pub struct Daemon {
 
 impl Daemon {
     /// A daemon with no services yet; [`Daemon::apply`] gives it some.
-    pub fn new(kiln: PathBuf, config_path: PathBuf, verbose: bool) -> Arc<Daemon> {
+    pub fn new(kiln: PathBuf, config_path: PathBuf, verbosity: Verbosity) -> Arc<Daemon> {
         let d = Arc::new(Daemon {
             kiln,
-            verbose,
+            verbosity,
             config_path,
             started: Instant::now(),
             services: Mutex::new(BTreeMap::new()),

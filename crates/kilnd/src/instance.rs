@@ -214,8 +214,10 @@ pub struct Hooks {
     pub logs: Arc<LogRing>,
     /// The service's counters.
     pub metrics: Arc<ServiceMetrics>,
+    /// Report starts, READY and exits on kilnd's standard error.
+    pub events: bool,
     /// Echo instance output on kilnd's standard error.
-    pub verbose: bool,
+    pub output: bool,
     /// Called once, after the instance has exited and been reaped.
     pub on_exit: OnExit,
 }
@@ -306,9 +308,9 @@ pub fn spawn(spec: &ServiceSpec, id: u64, kiln: &Path, hooks: Hooks) -> io::Resu
     ] {
         if let Some(stream) = stream {
             let logs = hooks.logs.clone();
-            let verbose = hooks.verbose;
+            let output = hooks.output;
             let name = spec.name.clone();
-            tokio::spawn(copy_lines(stream, source, logs, id, verbose, name));
+            tokio::spawn(copy_lines(stream, source, logs, id, output, name));
         }
     }
 
@@ -317,7 +319,7 @@ pub fn spawn(spec: &ServiceSpec, id: u64, kiln: &Path, hooks: Hooks) -> io::Resu
         let inst = inst.clone();
         let logs = hooks.logs.clone();
         let metrics = hooks.metrics.clone();
-        let verbose = hooks.verbose;
+        let events = hooks.events;
         tokio::spawn(async move {
             let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(ready_rx) else {
                 return;
@@ -336,7 +338,7 @@ pub fn spawn(spec: &ServiceSpec, id: u64, kiln: &Path, hooks: Hooks) -> io::Resu
                 if became_ready {
                     metrics.cold_start_seconds.observe(took.as_secs_f64());
                     let msg = format!("ready after {:.2} ms", took.as_secs_f64() * 1e3);
-                    if verbose {
+                    if events {
                         eprintln!("kilnd: {}#{}: {msg}", inst.service, inst.id);
                     }
                     logs.push(inst.id, Source::Kilnd, &msg);

@@ -3,7 +3,7 @@
 use clap::Parser;
 use kilnd::api::{self, ApiAddr};
 use kilnd::config;
-use kilnd::daemon::Daemon;
+use kilnd::daemon::{Daemon, Verbosity};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -53,9 +53,14 @@ struct Args {
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
-    /// Report every instance start, READY and stop, and echo instance output.
-    #[arg(short, long)]
+    /// Also echo every line instances print (kilnd always reports instance
+    /// starts, READY, stops and exits, and keeps instance output for
+    /// `kiln logs`).
+    #[arg(short, long, conflicts_with = "quiet")]
     verbose: bool,
+    /// Report only crashes and errors.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 fn kiln_binary(given: Option<PathBuf>) -> Result<PathBuf, String> {
@@ -134,12 +139,22 @@ fn main() -> ExitCode {
         }
     };
     let api = args.api.unwrap_or_else(api::default_addr);
-    rt.block_on(run(cfg, kiln, api, args.verbose))
+    let verbosity = match (args.quiet, args.verbose) {
+        (true, _) => Verbosity::Quiet,
+        (_, true) => Verbosity::Output,
+        _ => Verbosity::Events,
+    };
+    rt.block_on(run(cfg, kiln, api, verbosity))
 }
 
-async fn run(cfg: config::Config, kiln: PathBuf, api_addr: ApiAddr, verbose: bool) -> ExitCode {
+async fn run(
+    cfg: config::Config,
+    kiln: PathBuf,
+    api_addr: ApiAddr,
+    verbosity: Verbosity,
+) -> ExitCode {
     let config_path = cfg.path.clone();
-    let daemon = Daemon::new(kiln, config_path.clone(), verbose);
+    let daemon = Daemon::new(kiln, config_path.clone(), verbosity);
     let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
