@@ -30,6 +30,29 @@ pub enum Tender {
 }
 
 impl Tender {
+    /// What `auto` means on this host: hvt when `/dev/kvm` opens for
+    /// reading and writing, else spt (decided once).
+    pub fn resolve(self) -> Tender {
+        static KVM: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        match self {
+            Tender::Auto => {
+                let kvm = *KVM.get_or_init(|| {
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open("/dev/kvm")
+                        .is_ok()
+                });
+                if kvm {
+                    Tender::Hvt
+                } else {
+                    Tender::Spt
+                }
+            }
+            t => t,
+        }
+    }
+
     /// The `--tender` value of `kiln run`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -223,6 +246,7 @@ fn service(s: &RawService, base: &Path) -> Result<ServiceSpec, Bad> {
             format!("image \"{}\": {m}", s.image.get_ref()),
         )
     })?;
+    let image = image.canonicalize().unwrap_or(image);
     let listen: SocketAddr = s.listen.get_ref().parse().map_err(|_| {
         bad(
             s.listen.span(),

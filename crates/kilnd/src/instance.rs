@@ -230,7 +230,7 @@ pub fn spawn(spec: &ServiceSpec, id: u64, kiln: &Path, hooks: Hooks) -> io::Resu
     let mut cmd = tokio::process::Command::new(kiln);
     cmd.arg("run")
         .arg("--tender")
-        .arg(spec.tender.as_str())
+        .arg(spec.tender.resolve().as_str())
         .arg("--mem")
         .arg(spec.memory.to_string())
         .arg("--net")
@@ -279,7 +279,7 @@ pub fn spawn(spec: &ServiceSpec, id: u64, kiln: &Path, hooks: Hooks) -> io::Resu
         id,
         service: spec.name.clone(),
         pid,
-        tender: spec.tender.as_str(),
+        tender: spec.tender.resolve().as_str(),
         started: Instant::now(),
         started_unix_ms: unix_ms(),
         peer,
@@ -296,7 +296,10 @@ pub fn spawn(spec: &ServiceSpec, id: u64, kiln: &Path, hooks: Hooks) -> io::Resu
     hooks.logs.push(
         id,
         Source::Kilnd,
-        &format!("started: pid {pid}, tender {}", spec.tender.as_str()),
+        &format!(
+            "started: pid {pid}, tender {}",
+            spec.tender.resolve().as_str()
+        ),
     );
 
     // Output of the instance.
