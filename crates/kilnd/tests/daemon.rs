@@ -406,3 +406,18 @@ fn kiln_cli_commands_drive_kilnd() {
     let (ok, out) = kiln(&["ps"]);
     assert!(!ok && out.contains("cannot reach kilnd"), "{out}");
 }
+
+#[test]
+fn the_example_services_file_is_valid() {
+    image("examples/http");
+    image("examples/echo");
+    let out = Command::new(kilnd_bin())
+        .arg("--check")
+        .arg("--config")
+        .arg(root().join("examples/services.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 services"));
+}
