@@ -5,7 +5,6 @@ mod build;
 mod daemon;
 mod inspect;
 mod run;
-mod size;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

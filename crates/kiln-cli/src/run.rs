@@ -1,11 +1,11 @@
 //! `kiln run`: choose a tender and hand it the image.
 
 use crate::build::{self, BuildArgs};
-use crate::size::parse_size;
 use crate::{chain, report};
 use kiln_abi::EXIT_TENDER_ERROR;
 use kiln_image::Image;
 use kiln_tender::net::{Attach, Backend, Ipv4Cidr, NetOptions, Publish};
+use kiln_tender::size::parse_size;
 use kiln_tender::{inherit, RunConfig};
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;

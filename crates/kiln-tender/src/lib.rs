@@ -29,6 +29,7 @@ mod memory;
 pub mod net;
 mod outcome;
 mod ready;
+pub mod size;
 pub mod sys;
 
 pub use boot::{BootBlock, BOOT_BLOCK_MAX};

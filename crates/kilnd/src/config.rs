@@ -4,6 +4,7 @@
 //! opened and validated, sizes and durations parsed, names and addresses
 //! unique).
 
+use kiln_tender::size::parse_size;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -393,22 +394,6 @@ fn line_of(text: &str, offset: usize) -> usize {
         .filter(|&&b| b == b'\n')
         .count()
         + 1
-}
-
-/// `32M`, `1G`, `512K`, `65536` (powers of 1024).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (digits, mult) = match t.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&t[..i], 1u64 << 10),
-        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
-        Some((i, 'g' | 'G')) => (&t[..i], 1 << 30),
-        _ => (t, 1),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("\"{s}\" is not a size (examples: 32M, 1G, 65536)"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("\"{s}\" is too large"))
 }
 
 /// `250ms`, `30s`, `5m`, `1h`, `0`.

@@ -202,10 +202,7 @@ fn same_as_ignores_position_only() {
 }
 
 #[test]
-fn sizes_and_durations() {
-    assert_eq!(parse_size("1g"), Ok(1 << 30));
-    assert_eq!(parse_size("4096"), Ok(4096));
-    assert!(parse_size("99999999999999G").is_err());
+fn durations() {
     assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
     assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
     assert_eq!(parse_duration("0"), Ok(Duration::ZERO));

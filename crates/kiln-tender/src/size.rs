@@ -1,4 +1,5 @@
-//! Memory sizes on the command line: `32M`, `1G`, `512K`, `65536`.
+//! Memory sizes as people write them (`kiln run --mem`, services.toml):
+//! `32M`, `1G`, `512K`, `65536`.
 
 /// Parses a size with an optional K/M/G suffix (powers of 1024).
 pub fn parse_size(s: &str) -> Result<u64, String> {
