@@ -32,10 +32,11 @@ pub struct Timings {
     pub load: Duration,
     /// Creating and configuring the vCPU.
     pub vcpu: Duration,
-    /// Eventfds, the doorbell's ioeventfd and the I/O thread (zero
-    /// without network devices).
+    /// Eventfds, the I/O thread's filter and its start, and the
+    /// doorbell's ioeventfd (zero without network devices).
     pub net: Duration,
-    /// Building and installing the seccomp filters.
+    /// Waiting for the I/O thread's filter (normally in place by then),
+    /// building and installing the vCPU thread's.
     pub seccomp: Duration,
 }
 
@@ -58,6 +59,8 @@ pub struct NetRings {
     pub doorbell_in_kernel: bool,
     /// The rings of each device in ring mode.
     pub pairs: [Option<RingPair>; MAX_DEVICES],
+    /// The I/O thread, started (and confining itself) during setup.
+    pub thread: IoThread,
 }
 
 /// A ready-to-run instance. Field order is drop order: the vCPU and the VM
@@ -164,6 +167,33 @@ impl Instance {
                 })?;
         let mut mmap_time = Duration::ZERO;
         lap(&mut mmap_time);
+
+        // With network devices, the I/O thread starts first and confines
+        // itself while this thread builds the VM (2 cores: in parallel);
+        // `sandbox` only checks that it did, before the first KVM_RUN.
+        let mut net = NetInfo::default();
+        for (i, info) in host.device_infos().iter().enumerate().take(MAX_DEVICES) {
+            if info.kind == device::NET {
+                net.mask |= 1 << i;
+                net.frame_max[i] = info.unit as usize + 14;
+            }
+        }
+        let io = if net.mask != 0 {
+            // Its SIGSYS reports need the handler from the start.
+            seccomp::install_reporter()?;
+            let shared = Arc::new(io::Shared::new(mem.clone()).map_err(HvtError::Net)?);
+            let fds = RingFds {
+                doorbell: shared.doorbell.as_raw_fd(),
+                wake: shared.wake.as_raw_fd(),
+            };
+            let filter = seccomp::build_io(&host.net_fds(), fds)?;
+            let thread = start_io_thread(shared.clone(), filter)?;
+            Some((shared, thread))
+        } else {
+            None
+        };
+        lap(&mut t.net);
+
         let (kvm, vm, created) = take_or_create_vm()?;
         lap(&mut t.vm);
         vcpu::register_memory(&vm, &mem, layout.mem_size)?;
@@ -195,15 +225,7 @@ impl Instance {
         lap(&mut t.vcpu);
 
         let infos = host.device_infos();
-        let mut net = NetInfo::default();
-        for (i, info) in infos.iter().enumerate().take(MAX_DEVICES) {
-            if info.kind == device::NET {
-                net.mask |= 1 << i;
-                net.frame_max[i] = info.unit as usize + 14;
-            }
-        }
-        let rings = if net.mask != 0 {
-            let shared = io::Shared::new(mem.clone()).map_err(HvtError::Net)?;
+        let rings = io.map(|(shared, thread)| {
             // The doorbell: a PIO ioeventfd, so that a kick costs no exit
             // to this process. Without it the run loop forwards kicks.
             let doorbell_in_kernel = vm
@@ -213,15 +235,16 @@ impl Instance {
                     NoDatamatch,
                 )
                 .is_ok();
-            Some(NetRings {
-                shared: Arc::new(shared),
+            NetRings {
+                shared,
                 doorbell_in_kernel,
                 pairs: [None; MAX_DEVICES],
-            })
-        } else {
-            None
-        };
-        lap(&mut t.net);
+                thread,
+            }
+        });
+        let mut ioevent_time = Duration::ZERO;
+        lap(&mut ioevent_time);
+        t.net += ioevent_time;
 
         let boot = BootBlock {
             base: layout.boot_info,
@@ -253,9 +276,10 @@ impl Instance {
         })
     }
 
-    /// Starts the network I/O thread (when there are network devices) and
-    /// confines both threads to what they need: the I/O thread installs
-    /// its filter first, then this (the vCPU) thread.
+    /// Confines both threads to what they need: checks that the network
+    /// I/O thread (started by [`Instance::create`]) has installed its
+    /// filter, then installs this (the vCPU) thread's. Nothing of the
+    /// guest's has run yet.
     pub fn sandbox(&mut self) -> Result<(), HvtError> {
         let start = Instant::now();
         seccomp::install_reporter()?;
@@ -264,9 +288,8 @@ impl Instance {
             doorbell: r.shared.doorbell.as_raw_fd(),
             wake: r.shared.wake.as_raw_fd(),
         });
-        if let (Some(r), Some(fds)) = (&self.rings, ring_fds) {
-            let filter = seccomp::build_io(&net_fds, fds)?;
-            start_io_thread(r.shared.clone(), filter)?;
+        if let Some(r) = &self.rings {
+            r.thread.wait_confined()?;
         }
         let filter = seccomp::build(
             self.vcpu.as_raw_fd(),
@@ -281,15 +304,24 @@ impl Instance {
     }
 }
 
-/// Starts the I/O thread and waits until it has confined itself with
-/// `filter`; from then on it does not allocate.
+/// The network I/O thread, as the vCPU thread sees it.
+#[derive(Debug)]
+pub struct IoThread {
+    state: Arc<AtomicU8>,
+}
+
+const STARTING: u8 = 0;
+const CONFINED: u8 = 1;
+const FAILED: u8 = 2;
+
+/// Starts the I/O thread. Its first act is to confine itself with
+/// `filter`; only then does it look at anything (the doorbell, the
+/// backends, guest memory through `shared`), and from then on it does not
+/// allocate. [`IoThread::wait_confined`] tells when it got there.
 fn start_io_thread(
     shared: Arc<io::Shared>,
     filter: seccompiler::BpfProgram,
-) -> Result<(), HvtError> {
-    const STARTING: u8 = 0;
-    const CONFINED: u8 = 1;
-    const FAILED: u8 = 2;
+) -> Result<IoThread, HvtError> {
     let state = Arc::new(AtomicU8::new(STARTING));
     let theirs = state.clone();
     std::thread::Builder::new()
@@ -305,14 +337,22 @@ fn start_io_thread(
             io::run(&shared)
         })
         .map_err(HvtError::Net)?;
-    loop {
-        match state.load(Ordering::Acquire) {
-            STARTING => std::thread::yield_now(),
-            CONFINED => return Ok(()),
-            _ => {
-                return Err(HvtError::Net(std::io::Error::other(
-                    "the network I/O thread could not install its seccomp filter",
-                )))
+    Ok(IoThread { state })
+}
+
+impl IoThread {
+    /// Waits until the thread has installed its filter (by the time the
+    /// VM is built it normally has); an error when it could not.
+    pub fn wait_confined(&self) -> Result<(), HvtError> {
+        loop {
+            match self.state.load(Ordering::Acquire) {
+                STARTING => std::thread::yield_now(),
+                CONFINED => return Ok(()),
+                _ => {
+                    return Err(HvtError::Net(std::io::Error::other(
+                        "the network I/O thread could not install its seccomp filter",
+                    )))
+                }
             }
         }
     }

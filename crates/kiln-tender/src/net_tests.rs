@@ -607,3 +607,35 @@ fn inherited_descriptors_are_checked_before_use() {
     let e = Host::open(&cfg).unwrap_err().to_string();
     assert_eq!(e, "--ready-fd 987: descriptor 987 is not open");
 }
+
+#[test]
+fn ready_survives_a_full_pipe_and_a_reader_that_is_gone() {
+    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+    for reader_gone in [false, true] {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for two descriptors.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
+        assert_eq!(rc, 0);
+        // SAFETY: both are new and ours; the write end goes to the host.
+        let (read_end, write_end) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let _reader = if reader_gone {
+            drop(read_end);
+            None
+        } else {
+            // Fill the pipe: the READY byte will not fit (EAGAIN).
+            while crate::net::write_once(write_end.as_raw_fd(), &[0; 4096]).is_ok() {}
+            Some(read_end)
+        };
+        let (mut host, _peer) = fd_host(libc::SOCK_DGRAM, Some(write_end.into_raw_fd()));
+        let mut mem = memory();
+        put_words(&mut mem, ARG, &[0, 0x77]);
+        // EPIPE (SIGPIPE is ignored) or EAGAIN: the instance goes on.
+        assert!(matches!(
+            dispatch(&mut host, &mut mem, nr::READY, ARG),
+            Control::Continue
+        ));
+        assert_eq!(word(&mem, ARG + 8), 0);
+        assert!(host.is_ready());
+    }
+}

@@ -11,9 +11,13 @@
 //!
 //! The rings are slices of [`AtomicU32`], so this module needs no `unsafe`:
 //! the indices are loaded with acquire and stored with release ordering,
-//! slot words are copied with relaxed atomic accesses. The memory is
-//! allocated once and leaked: the tender may use it for the rest of the
-//! instance's life.
+//! slot words are copied with relaxed atomic accesses. The rings of the
+//! device the stack drives live in a zero-initialized static (`.bss`):
+//! zero without a single store, so a page of them is first touched when a
+//! frame needs it. (Zeroing 1 MiB of heap instead cost about 1 ms of
+//! start-up on hvt, where every first touch of a page faults to the host.)
+//! Rings for any further device come from the heap, zeroed, and leaked:
+//! the tender may use them for the rest of the instance's life.
 //!
 //! [`RingDriver::attach`] offers the rings to the tender; when the tender
 //! declines (spt, or an hvt without rings: ENODEV) the stack keeps the
@@ -22,7 +26,7 @@
 //! it too, for comparisons and tests of the hypercall path.
 
 use alloc::vec::Vec;
-use core::sync::atomic::{fence, AtomicU32, Ordering};
+use core::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 
 use kiln_abi::{
     NET_RING_CONSUMER, NET_RING_KICK_BATCH, NET_RING_PRODUCER, NET_RING_SIZE, NET_RING_SLOT0,
@@ -79,9 +83,35 @@ impl Ring {
     }
 }
 
-/// Allocates both rings, page aligned, zeroed, for good (the tender keeps
-/// using them). `None` when the heap cannot spare them.
+/// Both rings of one device, page aligned.
+#[repr(C, align(4096))]
+struct RingArea([AtomicU32; 2 * RING_WORDS]);
+
+const _: () = assert!(core::mem::align_of::<RingArea>() == PAGE_SIZE as usize);
+
+/// The rings of the first device that asks: all zero, in `.bss`.
+static RING_AREA: RingArea = RingArea([const { AtomicU32::new(0) }; 2 * RING_WORDS]);
+/// Whether [`RING_AREA`] is handed out.
+static RING_AREA_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Both rings, page aligned and zero, for good (the tender keeps using
+/// them): the static area the first time, else from the heap. `None` when
+/// the heap cannot spare them.
 pub(crate) fn alloc_rings() -> Option<(Ring, Ring)> {
+    static_rings().or_else(heap_rings)
+}
+
+/// The static ring area, once.
+fn static_rings() -> Option<(Ring, Ring)> {
+    if RING_AREA_TAKEN.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    let (rx, tx) = RING_AREA.0.split_at(RING_WORDS);
+    Some((Ring::new(rx)?, Ring::new(tx)?))
+}
+
+/// Both rings from the heap, zeroed.
+fn heap_rings() -> Option<(Ring, Ring)> {
     let align = PAGE_SIZE as usize / WORD;
     let total = 2 * RING_WORDS + align;
     let mut words: Vec<AtomicU32> = Vec::new();
@@ -319,8 +349,25 @@ mod tests {
         KICKS.with(Cell::get)
     }
 
+    #[test]
+    fn the_static_area_is_handed_out_once_page_aligned_and_zero() {
+        let (rx, tx) = static_rings().unwrap();
+        assert_eq!(rx.addr(), RING_AREA.0.as_ptr() as u64);
+        assert_eq!(rx.addr() % PAGE_SIZE, 0);
+        assert_eq!(tx.addr(), rx.addr() + NET_RING_SIZE);
+        assert!(rx
+            .words
+            .iter()
+            .chain(tx.words)
+            .all(|w| w.load(Ordering::Relaxed) == 0));
+        assert!(static_rings().is_none());
+        // Later devices get heap rings.
+        let (rx2, _) = alloc_rings().unwrap();
+        assert_ne!(rx2.addr(), rx.addr());
+    }
+
     fn driver() -> (RingDriver, Ring, Ring) {
-        let (rx, tx) = alloc_rings().unwrap();
+        let (rx, tx) = heap_rings().unwrap();
         assert_eq!(rx.addr() % PAGE_SIZE, 0);
         assert_eq!(tx.addr() % PAGE_SIZE, 0);
         assert!(tx.addr() >= rx.addr() + NET_RING_SIZE);
