@@ -1,18 +1,12 @@
 //! Shared by the boot tests: building images once and running `kiln`.
+//! What the other crates' tests share too is in kiln-testkit.
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::{Mutex, OnceLock};
 
-/// The repository root.
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+pub use kiln_testkit::root;
 
 /// The kiln binary under test.
 pub fn kiln() -> Command {
@@ -21,61 +15,20 @@ pub fn kiln() -> Command {
     c
 }
 
-/// Builds the crate at `dir` (relative to the root) once per test process
-/// and returns the image path.
-pub fn image(dir: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<Vec<(String, PathBuf)>>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
-    // One build at a time: cargo serializes on the target dir anyway.
-    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, p)) = built.iter().find(|(d, _)| d == dir) {
-        return p.clone();
-    }
-    let out = kiln()
-        .args(["build", "-q", dir])
-        .output()
-        .expect("run kiln build");
-    assert!(
-        out.status.success(),
-        "kiln build {dir} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let name = Path::new(dir)
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let path = root().join("target/kiln").join(format!("{name}.kiln"));
-    assert!(path.is_file(), "{} was not produced", path.display());
-    built.push((dir.to_string(), path.clone()));
-    path
+/// Builds the crate at `dir` (relative to the root) with the kiln under
+/// test, once per test process, and returns the image path.
+pub fn image(dir: &str) -> std::path::PathBuf {
+    kiln_testkit::image(Path::new(env!("CARGO_BIN_EXE_kiln")), dir)
 }
 
 /// Whether hvt can run here; prints a loud notice when it cannot.
 pub fn hvt_available() -> bool {
-    static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| {
-        let ok = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_ok();
-        if !ok {
-            eprintln!(
-                "\n*** SKIPPING hvt boot tests: /dev/kvm cannot be opened on this host ***\n"
-            );
-        }
-        ok
-    })
+    kiln_testkit::hvt_available("hvt boot tests")
 }
 
 /// The tenders to test on this host.
 pub fn tenders() -> Vec<&'static str> {
-    let mut t = vec!["spt"];
-    if hvt_available() {
-        t.push("hvt");
-    }
-    t
+    kiln_testkit::tenders("hvt boot tests")
 }
 
 /// Result of one `kiln run`.

@@ -11,6 +11,7 @@
 mod common;
 
 use common::{image, kiln, tenders};
+use kiln_testkit::{free_port, passt_available, skip, wait_gone};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -24,40 +25,13 @@ use std::time::{Duration, Instant};
 /// Upper bound for anything to happen (a hang, not a measurement).
 const PATIENCE: Duration = Duration::from_secs(60);
 
-fn skip(why: &str) {
-    eprintln!("\n*** SKIPPING: {why} ***\n");
-}
-
 fn is_root() -> bool {
     // SAFETY: geteuid takes no arguments and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
 fn have_passt() -> bool {
-    static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| {
-        let found = Command::new("passt")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            skip("passt is not installed: user-mode networking tests do not run");
-        }
-        found
-    })
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = tcp.local_addr().unwrap().port();
-    // Also free for UDP (echo publishes both).
-    if UdpSocket::bind(("127.0.0.1", port)).is_err() {
-        return free_port();
-    }
-    port
+    passt_available("user-mode networking tests do not run")
 }
 
 /// A running `kiln run`, its output collected line by line.
@@ -147,7 +121,7 @@ impl Instance {
     }
 
     /// The passt pid from the `-v` line, if user mode.
-    fn passt_pid(&mut self) -> Option<u32> {
+    fn passt_pid(&mut self) -> Option<u64> {
         let line = self.wait_for("passt pid").ok()?;
         let rest = line.split("passt pid ").nth(1)?;
         rest.split(|c: char| !c.is_ascii_digit())
@@ -175,28 +149,6 @@ impl Drop for Instance {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Whether process `pid` is gone (or a zombie about to be reaped).
-fn process_gone(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
-    }
-}
-
-fn wait_gone(pid: u32) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < PATIENCE {
-        if process_gone(pid) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
 }
 
 /// The tenders whose networking works here. hvt is tried once with a real
@@ -352,7 +304,7 @@ fn http_over_a_published_port_and_passt_ends_with_the_instance() {
         assert!(inst.alive(), "{t}: {}", inst.output());
         let out = inst.stop();
         assert!(
-            wait_gone(passt),
+            wait_gone(passt, PATIENCE),
             "{t}: passt {passt} outlived its instance\n{out}"
         );
         // The port is free again.
@@ -365,7 +317,7 @@ fn http_over_a_published_port_and_passt_ends_with_the_instance() {
         let status = inst.child.wait().unwrap();
         assert_eq!(status.code(), Some(2), "{t}: {}", inst.output());
         assert!(
-            wait_gone(passt),
+            wait_gone(passt, PATIENCE),
             "{t}: passt {passt} outlived its instance\n{}",
             inst.output()
         );

@@ -5,8 +5,9 @@
 //! binary with `KILN_HVT_CASE` naming the case, and the child boots the VM.
 //! Cases are skipped (with a note) where /dev/kvm is unavailable.
 
-use std::process::Command;
+mod common;
 
+use common::{boot_here, config, rerun, MEM};
 use kiln_abi::{nr, Manifest, HVT_PORT_BASE, IMAGE_BASE};
 use kiln_image::synthetic::{note_bytes, write_elf, Ph};
 use kiln_image::Image;
@@ -15,7 +16,6 @@ use kiln_tender::RunConfig;
 /// The text segment (r-x) and the data segment (rw-, 12 KiB).
 const TEXT: u64 = IMAGE_BASE;
 const DATA: u64 = IMAGE_BASE + 0x1000;
-const MEM: u64 = 32 << 20;
 
 /// `mov eax, arg; mov dx, HVT_PORT_BASE + nr; out dx, eax`.
 fn hypercall(number: u32, arg: u64) -> Vec<u8> {
@@ -100,43 +100,20 @@ fn boot_with(
         if wanted != case {
             return None;
         }
-        let cfg = RunConfig {
-            image: Image::parse(image(code, data, manifest)).expect("synthetic image is valid"),
-            args: vec!["test".into()],
-            env: vec![],
-            mem_size: MEM,
+        let img = Image::parse(image(code, data, manifest)).expect("synthetic image is valid");
+        boot_here(RunConfig {
             disks: disks
                 .iter()
                 .map(|(n, p)| (n.to_string(), p.to_path_buf()))
                 .collect(),
-            net: Default::default(),
-            verbose: true,
-            ready_fd: None,
-            started: std::time::Instant::now(),
-        };
-        match kiln_hvt::run(cfg) {
-            Err(e) => {
-                let mut msg = format!("hvt error: {e}");
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg += &format!(": {s}");
-                    src = s.source();
-                }
-                eprintln!("{msg}");
-                std::process::exit(125)
-            }
-            Ok(never) => match never {},
-        }
+            ..config(img)
+        });
     }
     if let Err(e) = kiln_hvt::probe() {
         eprintln!("skipping {case}: KVM is not available here: {e}");
         return None;
     }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([case, "--exact", "--nocapture", "--test-threads=1"])
-        .env("KILN_HVT_CASE", case)
-        .output()
-        .unwrap();
+    let out = rerun(case, "KILN_HVT_CASE", case).output().unwrap();
     let ended = Ended {
         status: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -15,31 +15,24 @@
 //! `KILN_HVT_NET_CHILD` describing the run. Without /dev/kvm, passt or the
 //! `kiln` binary the tests say so loudly and pass.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::str::FromStr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::{boot_here, config, rerun};
 use kiln_image::Image;
 use kiln_tender::net::{Attach, NetOptions, Publish};
 use kiln_tender::RunConfig;
+use kiln_testkit::{free_port, passt_available, root, skip, wait_child};
 
 /// Upper bound for anything to happen (a hang, not a measurement).
 const PATIENCE: Duration = Duration::from_secs(60);
-
-fn skip(why: &str) {
-    eprintln!("\n*** SKIPPING: {why} ***\n");
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
 
 /// The `kiln` binary of this build (target/<profile>/kiln, next to the
 /// `deps` directory holding this test).
@@ -56,30 +49,10 @@ fn kiln_exe() -> Option<PathBuf> {
     found
 }
 
-/// Builds the guest crate at `dir` once per test process.
+/// Builds the guest crate at `dir` once per test process; `None` (loudly)
+/// without a kiln binary.
 fn image(dir: &str) -> Option<PathBuf> {
-    static BUILT: OnceLock<Mutex<Vec<(String, PathBuf)>>> = OnceLock::new();
-    let kiln = kiln_exe()?;
-    let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
-    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, p)) = built.iter().find(|(d, _)| d == dir) {
-        return Some(p.clone());
-    }
-    let out = Command::new(kiln)
-        .current_dir(root())
-        .args(["build", "-q", dir])
-        .output()
-        .expect("run kiln build");
-    assert!(
-        out.status.success(),
-        "kiln build {dir} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let name = Path::new(dir).file_name().unwrap().to_string_lossy();
-    let path = root().join("target/kiln").join(format!("{name}.kiln"));
-    assert!(path.is_file(), "{} was not produced", path.display());
-    built.push((dir.to_string(), path.clone()));
-    Some(path)
+    Some(kiln_testkit::image(&kiln_exe()?, dir))
 }
 
 fn kvm_available() -> bool {
@@ -96,19 +69,7 @@ fn kvm_available() -> bool {
 }
 
 fn have_passt() -> bool {
-    static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| {
-        let found = Command::new("passt")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !found {
-            skip("passt is not installed: the hvt user-mode networking test does not run");
-        }
-        found
-    })
+    passt_available("the hvt user-mode networking test does not run")
 }
 
 /// What a child runs, passed in `KILN_HVT_NET_CHILD` as
@@ -144,65 +105,35 @@ fn child_mode(test: &str) {
     if !arg.is_empty() {
         args.push(arg.to_string());
     }
-    let cfg = RunConfig {
-        image: Image::load(Path::new(image)).expect("image loads"),
+    boot_here(RunConfig {
         args,
         env: if env.is_empty() {
             vec![]
         } else {
             vec![env.to_string()]
         },
-        mem_size: 32 << 20,
-        disks: vec![],
         net,
-        verbose: true,
-        ready_fd: None,
-        started: std::time::Instant::now(),
-    };
-    match kiln_hvt::run(cfg) {
-        Err(e) => {
-            let mut msg = format!("hvt error: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg += &format!(": {s}");
-                src = s.source();
-            }
-            eprintln!("{msg}");
-            std::process::exit(125)
-        }
-        Ok(never) => match never {},
-    }
+        ..config(Image::load(Path::new(image)).expect("image loads"))
+    })
 }
 
 fn child(test: &str, image: &Path, net: &str, env: &str, arg: &str) -> Command {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(
-            CHILD,
-            format!("{test}|{}|{net}|{env}|{arg}", image.display()),
-        )
-        .stdin(Stdio::null());
-    c
+    let spec = format!("{test}|{}|{net}|{env}|{arg}", image.display());
+    rerun(test, CHILD, &spec)
 }
 
 /// Waits for `child` with a deadline; kills it when it runs too long.
 fn wait_with_deadline(mut child: Child, limit: Duration) -> Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "instance did not end within {limit:?}:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if wait_child(&mut child, limit).is_none() {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "instance did not end within {limit:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
+    child.wait_with_output().unwrap()
 }
 
 /// Cases that must end the instance, and what the report must say.
@@ -309,12 +240,6 @@ fn hostile_rings_end_only_their_instance() {
         .find(|l| l.starts_with("kiln-hvt: exits by hypercall:"))
         .unwrap_or("");
     assert!(!line.contains("doorbell"), "kicks exited:\n{text}");
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    l.local_addr().unwrap().port()
 }
 
 fn connect(port: u16) -> std::io::Result<BufReader<TcpStream>> {

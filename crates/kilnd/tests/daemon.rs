@@ -327,10 +327,7 @@ fn a_failed_reload_keeps_the_running_configuration() {
 fn stopping_kilnd_leaves_nothing_behind() {
     let dir = scratch("restart");
     let config = dir.join("services.toml");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     std::fs::write(
         &config,
         probe_service("keep", "spt", "warm = true")

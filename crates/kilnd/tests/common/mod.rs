@@ -5,18 +5,12 @@
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// The repository root.
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+pub use kiln_testkit::{free_port, root, scratch, wait_child, wait_gone};
 
 /// The kilnd under test.
 pub fn kilnd_bin() -> PathBuf {
@@ -45,70 +39,20 @@ pub fn kiln_bin() -> PathBuf {
         .clone()
 }
 
-/// Builds a guest crate (relative to the root) once; returns the image.
+/// Builds a guest crate (relative to the root) once, with [`kiln_bin`];
+/// returns the image.
 pub fn image(dir: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<Vec<(String, PathBuf)>>> = OnceLock::new();
-    let mut built = BUILT
-        .get_or_init(|| Mutex::new(Vec::new()))
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some((_, p)) = built.iter().find(|(d, _)| d == dir) {
-        return p.clone();
-    }
-    let out = Command::new(kiln_bin())
-        .current_dir(root())
-        .args(["build", "-q", dir])
-        .output()
-        .expect("run kiln build");
-    assert!(
-        out.status.success(),
-        "kiln build {dir}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let name = Path::new(dir)
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let p = root().join("target/kiln").join(format!("{name}.kiln"));
-    built.push((dir.into(), p.clone()));
-    p
+    kiln_testkit::image(&kiln_bin(), dir)
 }
 
-/// Whether hvt works here (loudly says so when it does not).
+/// spt, and hvt where it works here (loudly says so when it does not).
 pub fn tenders() -> Vec<&'static str> {
-    static OK: OnceLock<bool> = OnceLock::new();
-    let hvt = *OK.get_or_init(|| {
-        let ok = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_ok();
-        if !ok {
-            eprintln!(
-                "\n*** SKIPPING kilnd tests on hvt: /dev/kvm cannot be opened on this host ***\n"
-            );
-        }
-        ok
-    });
-    if hvt {
-        vec!["spt", "hvt"]
-    } else {
-        vec!["spt"]
-    }
+    kiln_testkit::tenders("kilnd tests on hvt")
 }
 
-/// A fresh directory for one test.
-pub fn scratch(tag: &str) -> PathBuf {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "kilnd-test-{}-{tag}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// Waits (bounded) until a process is gone.
+pub fn gone(pid: u64) -> bool {
+    wait_gone(pid, Duration::from_secs(10))
 }
 
 /// One `[[service]]` of the probe image on an ephemeral port.
@@ -258,43 +202,6 @@ impl Drop for Kilnd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Waits for a child with a deadline.
-pub fn wait_child(c: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Some(st)) = c.try_wait() {
-            return Some(st);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Whether a process exists and is not a zombie.
-pub fn alive(pid: u64) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(')')
-            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-            .unwrap_or(false),
-        Err(_) => false,
-    }
-}
-
-/// Waits (bounded) until a process is gone.
-pub fn gone(pid: u64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(pid) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    true
 }
 
 /// A keep-alive client of the probe image.
