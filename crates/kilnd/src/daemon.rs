@@ -19,6 +19,8 @@ use tokio::task::AbortHandle;
 const HISTORY: usize = 8;
 /// How often idle instances and warm services are looked at.
 const TICK: Duration = Duration::from_millis(50);
+/// Longest a reload lets a replaced instance finish its connections.
+const DRAIN_MAX: Duration = Duration::from_secs(30);
 /// Longest wait between restarts of a warm instance that keeps failing.
 const WARM_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -168,33 +170,49 @@ impl Service {
     async fn serve(self: Arc<Self>, client: TcpStream) {
         self.metrics.connections.fetch_add(1, Relaxed);
         let _ = client.set_nodelay(true);
-        let inst = match self.pick() {
-            Ok(i) => i,
-            Err(e) => {
-                self.metrics.connections_failed.fetch_add(1, Relaxed);
-                self.logs
-                    .push(0, Source::Kilnd, &format!("connection dropped: {e}"));
-                return;
-            }
-        };
-        let ready = inst.ready(self.spec.ready_timeout).await;
-        let spliced = match ready {
-            Ok(()) => inst
-                .peer
-                .splice(client)
-                .map_err(|_| "its link is gone".to_string()),
-            Err(e) => Err(e),
-        };
-        inst.pending.fetch_sub(1, Relaxed);
-        if let Err(e) = spliced {
-            self.metrics.connections_failed.fetch_add(1, Relaxed);
-            self.logs
-                .push(inst.id, Source::Kilnd, &format!("connection dropped: {e}"));
-            if inst.phase() == Phase::Starting {
-                // Never became ready in time: do not leave it half-started.
-                inst.stop("not ready in time");
+        let mut client = client;
+        // A second try only when the chosen instance died between READY
+        // and the splice (its link hands the connection back).
+        for attempt in 0..2 {
+            let inst = match self.pick() {
+                Ok(i) => i,
+                Err(e) => {
+                    self.dropped(0, &e);
+                    return;
+                }
+            };
+            let ready = inst.ready(self.spec.ready_timeout).await;
+            let result = match ready {
+                Ok(()) => inst.peer.splice(client),
+                Err(e) => {
+                    inst.pending.fetch_sub(1, Relaxed);
+                    self.dropped(inst.id, &e);
+                    if inst.phase() == Phase::Starting {
+                        // Not ready in time: do not leave it half-started.
+                        inst.stop("not ready in time");
+                    }
+                    return;
+                }
+            };
+            inst.pending.fetch_sub(1, Relaxed);
+            match result {
+                Ok(()) => return,
+                Err(kiln_peer::LinkGone(back)) if attempt == 0 => client = back,
+                Err(_) => {
+                    self.dropped(inst.id, "its instance's link is gone");
+                    return;
+                }
             }
         }
+    }
+
+    fn dropped(&self, instance: u64, why: &str) {
+        self.metrics.connections_failed.fetch_add(1, Relaxed);
+        self.logs.push(
+            instance,
+            Source::Kilnd,
+            &format!("connection dropped: {why}"),
+        );
     }
 
     /// Idle stops and warm restarts; called every [`TICK`].
@@ -327,7 +345,7 @@ impl Daemon {
         let old: BTreeMap<String, Arc<Service>> = lock(&self.services).clone();
         let mut listeners: HashMap<SocketAddr, Arc<TcpListener>> = old
             .values()
-            .map(|s| (s.spec.listen, s.listener.clone()))
+            .map(|s| (s.bound, s.listener.clone()))
             .collect();
         // Bind what is new before touching anything.
         let mut fresh: Vec<(ServiceSpec, Arc<TcpListener>)> = Vec::new();
@@ -359,7 +377,7 @@ impl Daemon {
                 .iter()
                 .any(|n| &n.name == name && s.spec.same_as(n));
             if !keep {
-                s.retire();
+                s.drain();
                 lock(&self.services).remove(name);
                 retired += 1;
             }
@@ -454,11 +472,39 @@ impl Daemon {
 
 impl Service {
     fn retire(&self) {
+        self.stop_accepting();
+        self.stop_all("kilnd stopping");
+    }
+
+    fn stop_accepting(&self) {
         self.retired.store(true, Relaxed);
         if let Some(a) = lock(&self.accept).take() {
             a.abort();
         }
-        self.stop_all("service removed or kilnd stopping");
+    }
+
+    /// For a reload that removes or replaces the service: new connections
+    /// go to its successor (if any) at once, while each of its instances
+    /// finishes the connections it has (up to [`DRAIN_MAX`]) and is then
+    /// stopped.
+    fn drain(self: &Arc<Self>) {
+        self.stop_accepting();
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + DRAIN_MAX;
+            loop {
+                let now = Instant::now();
+                for i in svc.instances() {
+                    if i.usable() && (i.load() == 0 || now >= deadline) {
+                        i.stop("configuration reloaded");
+                    }
+                }
+                if svc.instances().is_empty() {
+                    return;
+                }
+                tokio::time::sleep(TICK).await;
+            }
+        });
     }
 }
 

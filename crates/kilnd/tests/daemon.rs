@@ -418,3 +418,37 @@ fn the_example_services_file_is_valid() {
     assert!(out.status.success(), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 services"));
 }
+
+#[test]
+fn a_reload_lets_replaced_instances_finish_their_connections() {
+    let k = Kilnd::start("drain", &probe_service("svc", "spt", ""));
+    let addr = k.addr("svc");
+    let mut held = Client::connect(addr);
+    let old = held.request("/", b"before").unwrap();
+
+    // Change the service (new environment) but keep its address.
+    let changed = std::fs::read_to_string(&k.config)
+        .unwrap()
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""))
+        + "env = { CHANGED = \"yes\" }\n";
+    std::fs::write(&k.config, changed).unwrap();
+    let (st, body) = k.call("POST", "/v1/reload");
+    assert_eq!(st, 200, "{body}");
+
+    // New connections reach a new instance...
+    let new = Client::connect(addr).request("/", b"new").unwrap();
+    assert_ne!(new.boot, old.boot);
+    // ...while the open one is still served by the old instance.
+    let again = held.request("/", b"still here").unwrap();
+    assert_eq!(
+        (again.boot, again.body.as_slice()),
+        (old.boot, &b"still here"[..])
+    );
+    drop(held);
+    // Once its last connection is gone the old instance is stopped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while k.log().matches("configuration reloaded").count() == 0 {
+        assert!(std::time::Instant::now() < deadline, "{}", k.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
