@@ -1,5 +1,6 @@
 //! Echo on port 7 (or `$PORT`), over TCP (every connection, concurrently)
-//! and UDP (every datagram back to its sender).
+//! and UDP (every datagram back to its sender, up to the 65,507 bytes an
+//! IPv4 datagram can carry).
 //!
 //! ```text
 //! kiln build examples/echo
@@ -34,7 +35,9 @@ fn main() -> i32 {
             }
         };
         spawn(async move {
-            let mut buf = vec![0u8; 2048];
+            // Room for the largest datagram (65,507 bytes over IPv4); a
+            // shorter buffer would cut large datagrams short.
+            let mut buf = vec![0u8; 64 * 1024];
             loop {
                 match udp.recv_from(&mut buf).await {
                     Ok((n, from)) => {

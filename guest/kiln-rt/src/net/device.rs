@@ -4,6 +4,13 @@
 //! buffer (one copy) and build transmitted frames in another buffer before
 //! handing them to the driver. Neither buffer ever grows from peer input, and
 //! no length from the driver is used unchecked.
+//!
+//! The device also keeps smoltcp's one IPv4 fragmenter from being
+//! overwritten: smoltcp 0.12 holds one outgoing packet too large for a frame
+//! and sends it a fragment per egress pass, but a socket that sends another
+//! such packet meanwhile replaces it. Once the first fragment of a packet
+//! went out, the device gives sockets no frame until the stack has sent the
+//! rest ([`fragments_pending`](FrameDevice::fragments_pending)).
 
 use alloc::boxed::Box;
 use alloc::vec;
@@ -31,6 +38,10 @@ pub(crate) struct FrameDevice {
     pub(crate) tx_frames: u64,
     /// Whether a frame was sent since the last [`flush`](Self::flush).
     unflushed: bool,
+    /// The first fragment of an IPv4 packet went out and smoltcp's
+    /// fragmenter holds the rest: no frames for sockets until the stack has
+    /// sent them (see `Stack::send_fragments`) and clears this.
+    pub(crate) fragments_pending: bool,
     /// Verify and compute checksums (only fuzzing tests turn this off, to
     /// reach past the checksum checks).
     checksums: bool,
@@ -48,6 +59,7 @@ impl FrameDevice {
             rx_frames: 0,
             tx_frames: 0,
             unflushed: false,
+            fragments_pending: false,
             checksums: true,
         }
     }
@@ -97,12 +109,13 @@ impl Device for FrameDevice {
                 buf: &mut self.tx,
                 sent: &mut self.tx_frames,
                 unflushed: &mut self.unflushed,
+                fragments_pending: &mut self.fragments_pending,
             },
         ))
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<TxToken<'_>> {
-        if !self.driver.can_transmit() {
+        if self.fragments_pending || !self.driver.can_transmit() {
             return None;
         }
         Some(TxToken {
@@ -110,6 +123,7 @@ impl Device for FrameDevice {
             buf: &mut self.tx,
             sent: &mut self.tx_frames,
             unflushed: &mut self.unflushed,
+            fragments_pending: &mut self.fragments_pending,
         })
     }
 
@@ -144,6 +158,20 @@ pub(crate) struct TxToken<'a> {
     buf: &'a mut Vec<u8>,
     sent: &'a mut u64,
     unflushed: &'a mut bool,
+    fragments_pending: &'a mut bool,
+}
+
+/// Whether `frame` is the first fragment of an IPv4 packet (more fragments
+/// follow, offset 0).
+fn first_ipv4_fragment(frame: &[u8]) -> bool {
+    const IPV4: [u8; 2] = [0x08, 0x00];
+    const MORE_FRAGMENTS: u16 = 0x2000;
+    const OFFSET: u16 = 0x1fff;
+    let (Some(ethertype), Some(flags)) = (frame.get(12..14), frame.get(20..22)) else {
+        return false;
+    };
+    let flags = u16::from_be_bytes([flags[0], flags[1]]);
+    ethertype == IPV4 && flags & MORE_FRAGMENTS != 0 && flags & OFFSET == 0
 }
 
 impl phy::TxToken for TxToken<'_> {
@@ -158,6 +186,9 @@ impl phy::TxToken for TxToken<'_> {
         }
         let frame = &mut self.buf[..len];
         let result = f(frame);
+        if first_ipv4_fragment(frame) {
+            *self.fragments_pending = true;
+        }
         if self.driver.transmit(frame) {
             *self.sent += 1;
         }

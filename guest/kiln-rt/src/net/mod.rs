@@ -42,7 +42,8 @@
 //! raises it); at the limit the oldest half-open connection makes room for a
 //! new one. Streams dropped by the application close in the background and
 //! are freed once closed (at most [`CLOSE_LINGER`] later). One network
-//! device is driven; IP fragments are not reassembled.
+//! device is driven. UDP datagrams over IPv4 may carry up to 65,507 bytes
+//! (sent in IP fragments and reassembled); over IPv6 they must fit one frame.
 #![forbid(unsafe_code)]
 
 mod config;
@@ -92,7 +93,8 @@ pub enum Error {
     /// No route to the address, or the address cannot be used (unspecified,
     /// port 0).
     Unaddressable,
-    /// A datagram larger than one frame (or than the socket's buffer).
+    /// A datagram larger than UDP allows here: 65,507 bytes over IPv4, one
+    /// frame (MTU − 48 bytes) over IPv6.
     MessageTooLong,
     /// A bad argument (port 0 to listen on, for example).
     InvalidInput,

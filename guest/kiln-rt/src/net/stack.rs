@@ -41,6 +41,28 @@ use crate::time;
 const MAX_FRAMES_PER_TURN: usize = 256;
 /// Egress passes per turn at most (each sends at most one frame per socket).
 const MAX_EGRESS_PASSES: usize = 64;
+/// Fragments of one IPv4 packet sent per call of `send_fragments` at most
+/// (a 65,535-byte packet needs 45 at an MTU of 1500, under 120 at 576).
+const MAX_FRAGMENTS: usize = 128;
+/// How long an incomplete fragmented IPv4 packet may wait for its missing
+/// fragments (they normally arrive back to back). smoltcp's 60 s would let
+/// a few lost fragments occupy all [`REASSEMBLY_SLOTS`] for a minute.
+const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// IPv4 packets in reassembly at once (the `reassembly-buffer-count-*`
+/// feature of smoltcp; each buffer grows on the heap to its packet's size).
+pub(crate) const REASSEMBLY_SLOTS: usize = 4;
+const _: () = assert!(smoltcp::config::REASSEMBLY_BUFFER_COUNT == REASSEMBLY_SLOTS);
+/// The largest UDP payload over IPv4: a 65,535-byte packet less the IP and
+/// UDP headers, or less when smoltcp's fragmentation buffer (which holds
+/// the whole packet) is smaller.
+pub(crate) const MAX_UDP_PAYLOAD_V4: usize = {
+    let packet = if smoltcp::config::FRAGMENTATION_BUFFER_SIZE < 65535 {
+        smoltcp::config::FRAGMENTATION_BUFFER_SIZE
+    } else {
+        65535
+    };
+    packet - 28
+};
 /// A half-open or unresponsive connection is dropped after this much
 /// silence from the peer while we wait for it (SYN-RECEIVED, unacknowledged
 /// data).
@@ -143,6 +165,8 @@ pub(crate) struct Stack {
     bound: bool,
     /// Sockets were used since the last turn: output may be queued.
     pub(crate) dirty: bool,
+    /// An empty socket set: egress passes over it only send fragments.
+    no_sockets: SocketSet<'static>,
     tcp_count: usize,
     pub(crate) udp_count: usize,
     next_port: u16,
@@ -202,6 +226,7 @@ impl Stack {
         let mut iface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         iface_config.random_seed = seed;
         let mut iface = Interface::new(iface_config, &mut device, smol_now(now));
+        iface.set_reassembly_timeout(smol_duration(REASSEMBLY_TIMEOUT));
         let link_local = config::link_local(mac);
         iface.update_ip_addrs(|addrs| {
             let mut add = |cidr: IpCidr| {
@@ -255,6 +280,7 @@ impl Stack {
             bound: false,
             config_waiters: Vec::new(),
             dirty: true,
+            no_sockets: SocketSet::new(Vec::new()),
             tcp_count: 0,
             udp_count: 0,
             next_port: EPHEMERAL_FIRST.wrapping_add((seed as u16) % 8192),
@@ -332,10 +358,23 @@ impl Stack {
             .collect()
     }
 
-    /// The largest UDP payload that fits one frame to `addr`'s family.
+    /// The largest UDP payload `send_to` takes for `addr`'s family. IPv4
+    /// datagrams too large for a frame go out in fragments, up to
+    /// [`MAX_UDP_PAYLOAD_V4`], when the MTU lets each fragment carry a
+    /// multiple of 8 bytes (smoltcp 0.12 does not round fragments down;
+    /// kiln's MTU of 1500 does). IPv6 datagrams must fit one frame: smoltcp
+    /// 0.12 neither fragments nor reassembles IPv6.
     pub(crate) fn max_udp_payload(&self, addr: &IpAddr) -> usize {
-        let ip_header = if addr.is_ipv4() { 20 } else { 40 };
-        self.device.mtu().saturating_sub(ip_header + 8)
+        let mtu = self.device.mtu();
+        if addr.is_ipv4() {
+            if mtu.saturating_sub(20) % 8 == 0 {
+                MAX_UDP_PAYLOAD_V4.max(mtu.saturating_sub(28))
+            } else {
+                mtu.saturating_sub(28)
+            }
+        } else {
+            mtu.saturating_sub(48)
+        }
     }
 
     // ---- TCP sockets -------------------------------------------------
@@ -734,6 +773,32 @@ impl Stack {
         self.dirty || driver.input_pending() || self.poll_at.is_some_and(|t| t <= now.get())
     }
 
+    /// Sends the rest of the IPv4 packet smoltcp's fragmenter holds, if the
+    /// device saw its first fragment go out, and lets sockets send again.
+    /// Returns whether the fragmenter is free (false: the device ran out of
+    /// room first; the next turn goes on).
+    fn send_fragments(&mut self, ts: SmolInstant) -> bool {
+        if !self.device.fragments_pending {
+            return true;
+        }
+        // Egress over no sockets sends one fragment (or, after the last,
+        // frees the fragmenter); with no sockets, `poll_at` is then only
+        // `Some` while the fragmenter holds a packet.
+        self.device.fragments_pending = false;
+        for _ in 0..MAX_FRAGMENTS {
+            self.iface
+                .poll_egress(ts, &mut self.device, &mut self.no_sockets);
+            if self.iface.poll_at(ts, &self.no_sockets).is_none() {
+                return true;
+            }
+            if !self.device.driver().can_transmit() {
+                break;
+            }
+        }
+        self.device.fragments_pending = true;
+        false
+    }
+
     /// Receives waiting frames, sends queued ones, wakes tasks.
     pub(crate) fn turn(&mut self, now: u64) {
         let ts = smol_now(now);
@@ -753,6 +818,11 @@ impl Stack {
         }
         self.dhcp_events();
         for _ in 0..MAX_EGRESS_PASSES {
+            // A packet in fragments goes out whole before sockets send more
+            // (one may start another; the device holds back the rest).
+            if !self.send_fragments(ts) {
+                break;
+            }
             let sent = self
                 .iface
                 .poll_egress(ts, &mut self.device, &mut self.sockets);
@@ -760,6 +830,7 @@ impl Stack {
                 break;
             }
         }
+        self.send_fragments(ts);
         self.device.flush();
         self.refill_all(now);
         self.wake_acceptors();

@@ -194,7 +194,7 @@ fn udp_round_trips_and_limits() {
         let server = UdpSocket::bind(7).unwrap();
         assert_eq!(UdpSocket::bind(7).err(), Some(Error::AddrInUse));
         spawn(async move {
-            let mut buf = [0u8; 2048];
+            let mut buf = vec![0u8; 65536];
             loop {
                 let (n, from) = server.recv_from(&mut buf).await.unwrap();
                 server.send_to(&buf[..n], from).await.unwrap();
@@ -202,16 +202,22 @@ fn udp_round_trips_and_limits() {
         });
         let client = UdpSocket::bind(0).unwrap();
         assert!(client.port() >= 49152);
+        // Over IPv4, datagrams larger than a frame (1472 bytes) go in
+        // fragments, up to the largest IPv4 datagram.
         for (addr, len) in [
             (v4(7), 0),
             (v4(7), 1),
             (v4(7), 1472),
+            (v4(7), 1473),
+            (v4(7), 3000),
+            (v4(7), 8192),
+            (v4(7), 65507),
             (v6(7), 10),
             (v6(7), 1452),
         ] {
             let data = pattern(len);
             client.send_to(&data, addr).await.unwrap();
-            let mut buf = [0u8; 2048];
+            let mut buf = vec![0u8; 65536];
             // (The first IPv6 datagram waits for neighbour discovery of ::1,
             // which smoltcp completes on its one-second retry.)
             let (n, from) = timeout(Duration::from_secs(5), client.recv_from(&mut buf))
@@ -221,11 +227,123 @@ fn udp_round_trips_and_limits() {
             assert_eq!(from, addr);
             assert_eq!(&buf[..n], &data[..]);
         }
+        // Larger than IPv4 allows; larger than one frame over IPv6.
         assert_eq!(
-            client.send_to(&[0; 1473], v4(7)).await,
+            client.send_to(&vec![0; 65508], v4(7)).await,
+            Err(Error::MessageTooLong)
+        );
+        assert_eq!(
+            client.send_to(&[0; 1453], v6(7)).await,
             Err(Error::MessageTooLong)
         );
         assert_eq!(client.send_to(b"x", v4(0)).await, Err(Error::Unaddressable));
+    });
+}
+
+/// smoltcp 0.12 keeps one IPv4 packet in fragments at a time and sends a
+/// fragment per egress pass; large datagrams queued at once, on one socket
+/// and on several, must not replace one another before their last fragment
+/// went out.
+#[test]
+fn large_datagrams_queued_at_once_all_arrive_whole() {
+    let _g = loopback();
+    block_on(async {
+        let server = UdpSocket::bind(7).unwrap();
+        let a = UdpSocket::bind(0).unwrap();
+        let b = UdpSocket::bind(0).unwrap();
+        // `send_to` does not yield when there is room: all are queued
+        // before the stack turns.
+        let mut want = Vec::new();
+        for i in 0..3 {
+            for (sock, len) in [(&a, 20_000 + i), (&b, 3000 + i)] {
+                let data = pattern(len);
+                sock.send_to(&data, v4(7)).await.unwrap();
+                want.push(data);
+            }
+        }
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        for _ in 0..want.len() {
+            let (n, _) = timeout(Duration::from_secs(5), server.recv_from(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {} datagrams arrived", got.len(), want.len()))
+                .unwrap();
+            got.push(buf[..n].to_vec());
+        }
+        got.sort();
+        want.sort();
+        assert!(got == want, "datagrams arrived damaged");
+    });
+}
+
+/// Fragments that never complete a packet, more packets in reassembly than
+/// there are slots: they expire, and later datagrams still get through.
+#[test]
+fn incomplete_fragments_expire() {
+    let _g = serial();
+    crate::executor::reset();
+    stack::reset();
+    let queue: Rc<RefCell<VecDeque<Vec<u8>>>> = Rc::default();
+    stack::install(|| {
+        Ok(stack::Stack::new(
+            Box::new(SharedLoopback(queue.clone())),
+            loopback_config(),
+        ))
+    })
+    .unwrap();
+    block_on(async {
+        let server = UdpSocket::bind(7).unwrap();
+        let client = UdpSocket::bind(0).unwrap();
+        let mut buf = vec![0u8; 65536];
+        // First fragments (more to come, offset 0) of UDP packets from
+        // 127.0.0.1 to 127.0.0.1, each with its own ident.
+        let fragment = |ident: u16| {
+            let mut f = Vec::new();
+            f.extend_from_slice(&LoopbackDriver::MAC);
+            f.extend_from_slice(&LoopbackDriver::MAC);
+            f.extend_from_slice(&[0x08, 0x00]);
+            let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x20, 0, 64, 17, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1];
+            ip[2..4].copy_from_slice(&(20u16 + 1000).to_be_bytes());
+            ip[4..6].copy_from_slice(&ident.to_be_bytes());
+            let mut sum = 0u32;
+            for pair in ip.chunks(2) {
+                sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+            }
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+            f.extend_from_slice(&ip);
+            f.extend_from_slice(&[0xab; 1000]);
+            f
+        };
+        for ident in 0..(stack::REASSEMBLY_SLOTS as u16 + 2) {
+            queue.borrow_mut().push_back(fragment(ident));
+        }
+        sleep(Duration::from_millis(10)).await;
+        // Every slot is taken: a fragmented datagram is lost for now.
+        client.send_to(&pattern(3000), v4(7)).await.unwrap();
+        assert!(
+            timeout(Duration::from_millis(500), server.recv_from(&mut buf))
+                .await
+                .is_err(),
+            "a fragmented datagram got through with every reassembly slot taken"
+        );
+        // Unfragmented ones are not held up.
+        client.send_to(b"small", v4(7)).await.unwrap();
+        let (n, _) = timeout(Duration::from_secs(1), server.recv_from(&mut buf))
+            .await
+            .expect("a small datagram arrives")
+            .unwrap();
+        assert_eq!(&buf[..n], b"small");
+        // Once the incomplete ones expire, fragmented datagrams get through.
+        sleep(Duration::from_secs(6)).await;
+        client.send_to(&pattern(3000), v4(7)).await.unwrap();
+        let (n, _) = timeout(Duration::from_secs(1), server.recv_from(&mut buf))
+            .await
+            .expect("a fragmented datagram arrives after the others expired")
+            .unwrap();
+        assert!(buf[..n] == pattern(3000)[..]);
     });
 }
 
@@ -644,6 +762,36 @@ impl NetDriver for RecordingLoopback {
     }
 }
 
+/// A loopback device whose queue the test can reach, to add frames of its
+/// own.
+struct SharedLoopback(Rc<RefCell<VecDeque<Vec<u8>>>>);
+
+impl NetDriver for SharedLoopback {
+    fn receive(&mut self, buf: &mut [u8]) -> Option<usize> {
+        let frame = self.0.borrow_mut().pop_front()?;
+        let n = frame.len().min(buf.len());
+        buf[..n].copy_from_slice(&frame[..n]);
+        Some(n)
+    }
+    fn transmit(&mut self, frame: &[u8]) -> bool {
+        self.0.borrow_mut().push_back(frame.to_vec());
+        true
+    }
+    fn input_pending(&self) -> bool {
+        !self.0.borrow().is_empty()
+    }
+    fn poll_interest(&self) -> u64 {
+        0
+    }
+    fn note_ready(&mut self, _ready: u64) {}
+    fn mtu(&self) -> usize {
+        1500
+    }
+    fn mac(&self) -> [u8; 6] {
+        LoopbackDriver::MAC
+    }
+}
+
 /// Addresses of the loopback stack, for stacks built by hand.
 fn loopback_config() -> config::IfaceConfig {
     config::IfaceConfig {
@@ -664,7 +812,7 @@ fn spawn_echo_servers() {
     });
     let udp = UdpSocket::bind(7).unwrap();
     spawn(async move {
-        let mut buf = [0u8; 2048];
+        let mut buf = vec![0u8; 65536];
         while let Ok((n, from)) = udp.recv_from(&mut buf).await {
             let _ = udp.send_to(&buf[..n], from).await;
         }
@@ -696,8 +844,13 @@ fn mutated_real_traffic_never_panics() {
             assert_eq!(round_trip(addr, &pattern(3000)).await, pattern(3000));
             let u = UdpSocket::bind(0).unwrap();
             u.send_to(b"datagram", addr).await.unwrap();
-            let mut buf = [0u8; 64];
+            let mut buf = vec![0u8; 65536];
             let _ = timeout(Duration::from_secs(3), u.recv_from(&mut buf)).await;
+            if addr.is_ipv4() {
+                // IPv4 fragments, for the reassembly code.
+                u.send_to(&pattern(3000), addr).await.unwrap();
+                let _ = timeout(Duration::from_secs(3), u.recv_from(&mut buf)).await;
+            }
         }
         assert_eq!(
             TcpStream::connect(v4(9)).await.err(),

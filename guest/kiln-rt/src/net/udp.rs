@@ -14,17 +14,23 @@ use super::Error;
 
 /// Datagrams queued per direction at most.
 const QUEUE_DATAGRAMS: usize = 64;
-/// Bytes of payload queued for receiving.
+/// Bytes of payload queued for receiving: room for the largest datagram.
 const RX_BYTES: usize = 64 * 1024;
-/// Bytes of payload queued for sending.
-const TX_BYTES: usize = 32 * 1024;
+/// Bytes of payload queued for sending: room for the largest datagram.
+const TX_BYTES: usize = 64 * 1024;
+const _: () = assert!(RX_BYTES >= stack::MAX_UDP_PAYLOAD_V4 && TX_BYTES >= stack::MAX_UDP_PAYLOAD_V4);
 
 /// A UDP socket bound to a port on every address of the interface.
 ///
-/// Datagrams are at most one frame (the MTU less the IP and UDP headers;
-/// IP fragments are neither sent nor reassembled). When the receive queue is
-/// full, new datagrams are dropped. One task at a time should wait in
-/// [`recv_from`](Self::recv_from) (and one in [`send_to`](Self::send_to)).
+/// Over IPv4, datagrams may carry up to 65,507 bytes: those larger than a
+/// frame (the MTU less 28 bytes of IP and UDP headers, 1,472 bytes) are sent
+/// in IP fragments and reassembled on receipt. Over IPv6 they must fit one
+/// frame (MTU − 48 bytes); IPv6 fragments are neither sent nor reassembled.
+/// Larger ones are refused with [`Error::MessageTooLong`]. When the receive
+/// queue (64 KiB) is full, new datagrams are dropped, as are those whose
+/// fragments do not all arrive within a few seconds. One task at a time
+/// should wait in [`recv_from`](Self::recv_from) (and one in
+/// [`send_to`](Self::send_to)).
 #[derive(Debug)]
 pub struct UdpSocket {
     handle: SocketHandle,
@@ -66,7 +72,8 @@ impl UdpSocket {
     }
 
     /// Sends `buf` as one datagram to `addr` (waiting for room in the send
-    /// queue): `buf.len()`.
+    /// queue): `buf.len()`. [`Error::MessageTooLong`] when `buf` is larger
+    /// than a datagram to `addr` can be (see [`UdpSocket`]).
     pub async fn send_to(&self, buf: &[u8], addr: SocketAddr) -> Result<usize, Error> {
         if addr.port() == 0 || addr.ip().is_unspecified() {
             return Err(Error::Unaddressable);
