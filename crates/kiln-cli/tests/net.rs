@@ -435,9 +435,46 @@ fn pattern(len: usize, seed: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 + i / 253 + seed) as u8).collect()
 }
 
+/// UDP echoes through `addr` from a socket on `from`, one datagram of each
+/// size, each compared byte for byte.
+fn udp_echoes(addr: SocketAddr, from: Ipv4Addr, sizes: &[usize], who: &str) {
+    let udp = UdpSocket::bind((from, 0)).unwrap();
+    let mut buf = vec![0u8; 65536];
+    for &size in sizes {
+        let data = pattern(size, 7 + size);
+        // UDP may lose a datagram (an ARP exchange, a fragment): retry. A
+        // late echo of an earlier try or size has another length: skipped.
+        let mut answered = false;
+        'tries: for _ in 0..5 {
+            udp.send_to(&data, addr)
+                .unwrap_or_else(|e| panic!("{who}: send {size} bytes: {e}"));
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                udp.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                    .unwrap();
+                let Ok((n, peer)) = udp.recv_from(&mut buf) else {
+                    break;
+                };
+                assert_eq!(peer, addr, "{who}");
+                if n == size {
+                    assert!(
+                        buf[..n] == data[..],
+                        "{who}: the UDP echo of {size} bytes differs"
+                    );
+                    answered = true;
+                    break 'tries;
+                }
+            }
+        }
+        assert!(answered, "{who}: no UDP echo of {size} bytes");
+    }
+}
+
 /// TCP echoes of several sizes, `concurrent` connections at once, and
-/// UDP echoes (up to the largest unfragmented datagram; larger ones are
-/// lost without harm).
+/// UDP echoes up to the largest datagram one frame carries. Larger ones are
+/// lost without harm on the paths this is used on (passt, and a tap whose
+/// MTU is above the guest's); those that arrive in fragments are covered by
+/// `udp_echo_of_datagrams_larger_than_the_mtu_over_a_tap`.
 fn exercise_echo(addr: SocketAddr, concurrent: usize, udp_from: Option<Ipv4Addr>, who: &str) {
     for size in [0, 1, 1400, 1500, 9000, 100_000] {
         let data = pattern(size, size);
@@ -469,29 +506,12 @@ fn exercise_echo(addr: SocketAddr, concurrent: usize, udp_from: Option<Ipv4Addr>
     let Some(from) = udp_from else {
         return;
     };
+    udp_echoes(addr, from, &[0, 1, 1400, 1472], who);
+    // Larger datagrams reach the guest in frames above its MTU here (passt
+    // does not fragment; a tap whose MTU is larger fragments to that MTU),
+    // which the tender drops, without harm: the next small one is answered.
     let udp = UdpSocket::bind((from, 0)).unwrap();
-    udp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut buf = vec![0u8; 65536];
-    for size in [0usize, 1, 1400, 1472] {
-        let data = pattern(size, 7 + size);
-        // UDP may lose a datagram (an ARP exchange, for example): retry.
-        let mut answered = false;
-        for _ in 0..5 {
-            udp.send_to(&data, addr).unwrap();
-            if let Ok((n, peer)) = udp.recv_from(&mut buf) {
-                assert_eq!(peer, addr, "{who}");
-                assert!(
-                    buf[..n] == data[..],
-                    "{who}: UDP echo of {size} bytes came back as {n}"
-                );
-                answered = true;
-                break;
-            }
-        }
-        assert!(answered, "{who}: no UDP echo of {size} bytes");
-    }
-    // Datagrams the MTU cannot carry whole are lost (no IP fragmentation),
-    // without harm: the next small one is answered.
     for size in [1500, 9000, 60_000] {
         udp.send_to(&pattern(size, 1), addr).unwrap();
     }
@@ -513,6 +533,14 @@ fn exercise_echo(addr: SocketAddr, concurrent: usize, udp_from: Option<Ipv4Addr>
     assert!(answered, "{who}: no UDP echo after oversized datagrams");
 }
 
+/// UDP through passt stays at 1,472 bytes (one frame): the passt we run
+/// (Debian's 0.0~git20230309) neither fragments nor reassembles. A larger
+/// datagram from the host reaches the guest as one frame above the MTU of
+/// 1500 (passt wrote a 3,042-byte frame for a 3,000-byte datagram), which
+/// the tender drops; fragments from the guest come out as their first
+/// fragment alone, a datagram cut to 1,472 bytes. Over a tap, the host's
+/// kernel fragments and reassembles: see
+/// `udp_echo_of_datagrams_larger_than_the_mtu_over_a_tap`.
 #[test]
 fn tcp_and_udp_echo_over_published_ports() {
     if !have_passt() {
@@ -839,6 +867,36 @@ fn http_and_echo_over_a_tap_survive_hostile_frames() {
         let addr = SocketAddr::from(([10, 77, 0, 2], 7));
         let who2 = who.clone();
         ns.run(move || exercise_echo(addr, 200, Some(Ipv4Addr::new(10, 77, 0, 1)), &who2));
+        assert!(inst.alive(), "{who}: {}", inst.output());
+        inst.stop();
+    }
+}
+
+/// UDP echoes of every size up to the largest IPv4 datagram, over a tap
+/// with the guest's MTU (1500): the host's kernel sends datagrams above
+/// 1,472 bytes in fragments and reassembles those the guest sends.
+#[test]
+fn udp_echo_of_datagrams_larger_than_the_mtu_over_a_tap() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    ns.tap("kfrag0", "10.80.0.1/24");
+    let echo = image("examples/echo");
+    for t in net_tenders() {
+        let args = ["--net", "tap:kfrag0", "--ip", "10.80.0.2/24"];
+        let mut inst = Instance::start(t, &args, &echo, Some(&ns.name));
+        inst.expect("echo: listening on :7");
+        let addr = SocketAddr::from(([10, 80, 0, 2], 7));
+        let who = format!("{t} over a tap");
+        let who2 = who.clone();
+        ns.run(move || {
+            udp_echoes(
+                addr,
+                Ipv4Addr::new(10, 80, 0, 1),
+                &[0, 1, 1472, 1473, 3000, 8192, 20_000, 65_507],
+                &who2,
+            )
+        });
         assert!(inst.alive(), "{who}: {}", inst.output());
         inst.stop();
     }

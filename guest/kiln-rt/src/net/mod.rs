@@ -42,8 +42,9 @@
 //! raises it); at the limit the oldest half-open connection makes room for a
 //! new one. Streams dropped by the application close in the background and
 //! are freed once closed (at most [`CLOSE_LINGER`] later). One network
-//! device is driven. UDP datagrams over IPv4 may carry up to 65,507 bytes
-//! (sent in IP fragments and reassembled); over IPv6 they must fit one frame.
+//! device is driven. UDP datagrams over IPv4 of up to 65,507 bytes are
+//! received (IP fragments are reassembled) and, with the `udp-64k` feature,
+//! sent; otherwise, and over IPv6, a datagram must fit one frame.
 #![forbid(unsafe_code)]
 
 mod config;
@@ -93,8 +94,9 @@ pub enum Error {
     /// No route to the address, or the address cannot be used (unspecified,
     /// port 0).
     Unaddressable,
-    /// A datagram larger than UDP allows here: 65,507 bytes over IPv4, one
-    /// frame (MTU − 48 bytes) over IPv6.
+    /// A datagram larger than `send_to` takes: one frame (1,472 bytes over
+    /// IPv4 at an MTU of 1500, 1,452 over IPv6), or 65,507 bytes over IPv4
+    /// with the `udp-64k` feature.
     MessageTooLong,
     /// A bad argument (port 0 to listen on, for example).
     InvalidInput,

@@ -52,9 +52,10 @@ const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// feature of smoltcp; each buffer grows on the heap to its packet's size).
 pub(crate) const REASSEMBLY_SLOTS: usize = 4;
 const _: () = assert!(smoltcp::config::REASSEMBLY_BUFFER_COUNT == REASSEMBLY_SLOTS);
-/// The largest UDP payload over IPv4: a 65,535-byte packet less the IP and
-/// UDP headers, or less when smoltcp's fragmentation buffer (which holds
-/// the whole packet) is smaller.
+/// The largest UDP payload sent over IPv4 in fragments: a 65,535-byte packet
+/// less the IP and UDP headers, or less when smoltcp's fragmentation buffer
+/// (which holds the whole packet) is smaller: 1,500 bytes by default, 64 KiB
+/// with the `udp-64k` feature.
 pub(crate) const MAX_UDP_PAYLOAD_V4: usize = {
     let packet = if smoltcp::config::FRAGMENTATION_BUFFER_SIZE < 65535 {
         smoltcp::config::FRAGMENTATION_BUFFER_SIZE
@@ -145,7 +146,11 @@ pub struct Stats {
 
 /// All network state of the image.
 pub(crate) struct Stack {
-    pub(crate) iface: Interface,
+    /// On the heap: with `udp-64k` it holds smoltcp's 64 KiB IPv4
+    /// fragmentation buffer, which would otherwise sit in the static that
+    /// holds the stack (and in the image's data, since that static is not
+    /// all zeros) and be copied with every move of the stack.
+    pub(crate) iface: Box<Interface>,
     pub(crate) device: FrameDevice,
     pub(crate) sockets: SocketSet<'static>,
     pub(crate) limits: Limits,
@@ -225,7 +230,7 @@ impl Stack {
         };
         let mut iface_config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         iface_config.random_seed = seed;
-        let mut iface = Interface::new(iface_config, &mut device, smol_now(now));
+        let mut iface = Box::new(Interface::new(iface_config, &mut device, smol_now(now)));
         iface.set_reassembly_timeout(smol_duration(REASSEMBLY_TIMEOUT));
         let link_local = config::link_local(mac);
         iface.update_ip_addrs(|addrs| {
@@ -361,13 +366,14 @@ impl Stack {
     /// The largest UDP payload `send_to` takes for `addr`'s family. IPv4
     /// datagrams too large for a frame go out in fragments, up to
     /// [`MAX_UDP_PAYLOAD_V4`], when the MTU lets each fragment carry a
-    /// multiple of 8 bytes (smoltcp 0.12 does not round fragments down;
-    /// kiln's MTU of 1500 does). IPv6 datagrams must fit one frame: smoltcp
-    /// 0.12 neither fragments nor reassembles IPv6.
+    /// multiple of 8 bytes, as kiln's MTU of 1500 does (1,480; smoltcp 0.12
+    /// does not round fragments down, so other MTUs would garble them). IPv6
+    /// datagrams must fit one frame: smoltcp 0.12 neither fragments nor
+    /// reassembles IPv6.
     pub(crate) fn max_udp_payload(&self, addr: &IpAddr) -> usize {
         let mtu = self.device.mtu();
         if addr.is_ipv4() {
-            if mtu.saturating_sub(20) % 8 == 0 {
+            if mtu.saturating_sub(20).is_multiple_of(8) {
                 MAX_UDP_PAYLOAD_V4.max(mtu.saturating_sub(28))
             } else {
                 mtu.saturating_sub(28)
@@ -947,6 +953,21 @@ mod tests {
         stack.set_ipv4(None);
         assert!(!stack.serving());
         assert!(crate::is_ready());
+    }
+
+    #[test]
+    fn udp_datagrams_go_in_fragments_only_over_ipv4_at_a_suitable_mtu() {
+        let _serial = crate::global::tests::serial();
+        let v4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        let stack = |mtu| Stack::new(Box::new(LoopbackDriver::new(mtu)), IfaceConfig::default());
+        let s = stack(1500);
+        assert_eq!(s.max_udp_payload(&v4), MAX_UDP_PAYLOAD_V4.max(1472));
+        assert_eq!(s.max_udp_payload(&v6), 1452);
+        // 1479 - 20 is no multiple of 8: one frame at most.
+        let s = stack(1479);
+        assert_eq!(s.max_udp_payload(&v4), 1451);
+        assert_eq!(s.max_udp_payload(&v6), 1431);
     }
 
     #[test]

@@ -16,21 +16,31 @@ use super::Error;
 const QUEUE_DATAGRAMS: usize = 64;
 /// Bytes of payload queued for receiving: room for the largest datagram.
 const RX_BYTES: usize = 64 * 1024;
-/// Bytes of payload queued for sending: room for the largest datagram.
-const TX_BYTES: usize = 64 * 1024;
-const _: () = assert!(RX_BYTES >= stack::MAX_UDP_PAYLOAD_V4 && TX_BYTES >= stack::MAX_UDP_PAYLOAD_V4);
+/// Bytes of payload queued for sending: 32 KiB, or room for the largest
+/// datagram `send_to` takes (64 KiB with the `udp-64k` feature).
+const TX_BYTES: usize = {
+    let largest = stack::MAX_UDP_PAYLOAD_V4.next_power_of_two();
+    if largest > 32 * 1024 {
+        largest
+    } else {
+        32 * 1024
+    }
+};
+const _: () =
+    assert!(RX_BYTES >= stack::MAX_UDP_PAYLOAD_V4 && TX_BYTES >= stack::MAX_UDP_PAYLOAD_V4);
 
 /// A UDP socket bound to a port on every address of the interface.
 ///
-/// Over IPv4, datagrams may carry up to 65,507 bytes: those larger than a
-/// frame (the MTU less 28 bytes of IP and UDP headers, 1,472 bytes) are sent
-/// in IP fragments and reassembled on receipt. Over IPv6 they must fit one
-/// frame (MTU − 48 bytes); IPv6 fragments are neither sent nor reassembled.
-/// Larger ones are refused with [`Error::MessageTooLong`]. When the receive
-/// queue (64 KiB) is full, new datagrams are dropped, as are those whose
-/// fragments do not all arrive within a few seconds. One task at a time
-/// should wait in [`recv_from`](Self::recv_from) (and one in
-/// [`send_to`](Self::send_to)).
+/// Over IPv4, datagrams of up to 65,507 bytes are received: those larger
+/// than a frame (the MTU less 28 bytes of IP and UDP headers; 1,472 bytes at
+/// kiln's MTU of 1500) arrive in IP fragments and are reassembled. Sending
+/// them takes the `udp-64k` feature; without it `send_to` takes one frame.
+/// Over IPv6 datagrams must fit one frame (MTU − 48 bytes) both ways; IPv6
+/// fragments are neither sent nor reassembled. Larger ones are refused with
+/// [`Error::MessageTooLong`]. When the receive queue (64 KiB) is full, new
+/// datagrams are dropped, as are those whose fragments do not all arrive
+/// within 5 seconds. One task at a time should wait in
+/// [`recv_from`](Self::recv_from) (and one in [`send_to`](Self::send_to)).
 #[derive(Debug)]
 pub struct UdpSocket {
     handle: SocketHandle,
