@@ -989,3 +989,29 @@ fn tap_errors_are_clear() {
     }
     first.stop();
 }
+
+/// A bulk TCP echo in both directions at once (16 MB written while the
+/// echo is read back) over a tap, byte for byte: flow control and window
+/// updates under a full receive buffer on both sides. (Through passt this
+/// can stall; the README says why.)
+#[test]
+fn bulk_tcp_echo_in_both_directions_over_a_tap() {
+    let Some(ns) = Netns::new() else {
+        return;
+    };
+    ns.tap("kbulk0", "10.81.0.1/24");
+    let echo = image("examples/echo");
+    for t in net_tenders() {
+        let args = ["--net", "tap:kbulk0", "--ip", "10.81.0.2/24"];
+        let mut inst = Instance::start(t, &args, &echo, Some(&ns.name));
+        inst.expect("echo: listening on :7");
+        let addr = SocketAddr::from(([10, 81, 0, 2], 7));
+        let data = pattern(16 << 20, 7);
+        let sent = data.clone();
+        let got = ns.run(move || tcp_round_trip(addr, sent));
+        assert_eq!(got.len(), data.len(), "{t}: echoed length");
+        assert!(got == data, "{t}: the echo differs from what was sent");
+        assert!(inst.alive(), "{t}: {}", inst.output());
+        inst.stop();
+    }
+}
