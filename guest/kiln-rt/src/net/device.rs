@@ -6,7 +6,7 @@
 //! no length from the driver is used unchecked.
 //!
 //! The device also keeps smoltcp's one IPv4 fragmenter from being
-//! overwritten: smoltcp 0.12 holds one outgoing packet too large for a frame
+//! overwritten: smoltcp (0.14) holds one outgoing packet too large for a frame
 //! and sends it a fragment per egress pass, but a socket that sends another
 //! such packet meanwhile replaces it. Once the first fragment of a packet
 //! went out, the device gives sockets no frame until the stack has sent the

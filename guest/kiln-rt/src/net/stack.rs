@@ -367,9 +367,9 @@ impl Stack {
     /// datagrams too large for a frame go out in fragments, up to
     /// [`MAX_UDP_PAYLOAD_V4`], when the MTU lets each fragment carry a
     /// multiple of 8 bytes, as kiln's MTU of 1500 does (1,480; smoltcp 0.12
-    /// does not round fragments down, so other MTUs would garble them). IPv6
-    /// datagrams must fit one frame: smoltcp 0.12 neither fragments nor
-    /// reassembles IPv6.
+    /// did not round fragments down, so other MTUs garbled them; 0.13 fixed
+    /// that, and this rule could be relaxed). IPv6 datagrams must fit one
+    /// frame: smoltcp (0.14) has no IPv6 fragmentation.
     pub(crate) fn max_udp_payload(&self, addr: &IpAddr) -> usize {
         let mtu = self.device.mtu();
         if addr.is_ipv4() {

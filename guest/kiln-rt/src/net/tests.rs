@@ -240,7 +240,7 @@ fn udp_round_trips_and_limits() {
     });
 }
 
-/// smoltcp 0.12 keeps one IPv4 packet in fragments at a time and sends a
+/// smoltcp (0.14) keeps one IPv4 packet in fragments at a time and sends a
 /// fragment per egress pass; large datagrams queued at once, on one socket
 /// and on several, must not replace one another before their last fragment
 /// went out.
