@@ -69,3 +69,52 @@ pub fn run(tender: &str, image: &Path, extra: &[&str], args: &[&str]) -> Run {
     }
     finish(c.output().expect("run kiln"))
 }
+
+/// An Ethernet frame carrying a TCP SYN (no options but the MSS) from
+/// `src` to `dst`, with correct IPv4 and TCP checksums.
+pub fn tcp_syn_frame(
+    (src_mac, src_ip, src_port): ([u8; 6], [u8; 4], u16),
+    (dst_mac, dst_ip, dst_port): ([u8; 6], [u8; 4], u16),
+) -> Vec<u8> {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Address,
+        Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    };
+    let (src, dst) = (Ipv4Address::from(src_ip), Ipv4Address::from(dst_ip));
+    let tcp = TcpRepr {
+        src_port,
+        dst_port,
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(1),
+        ack_number: None,
+        window_len: 65_535,
+        window_scale: None,
+        max_seg_size: Some(1460),
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let eth = EthernetRepr {
+        src_addr: EthernetAddress(src_mac),
+        dst_addr: EthernetAddress(dst_mac),
+        ethertype: EthernetProtocol::Ipv4,
+    };
+    let mut bytes = vec![0u8; eth.buffer_len() + ip.buffer_len() + tcp.buffer_len()];
+    let caps = ChecksumCapabilities::default();
+    let mut frame = EthernetFrame::new_unchecked(&mut bytes[..]);
+    eth.emit(&mut frame);
+    let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
+    ip.emit(&mut packet, &caps);
+    let mut segment = TcpPacket::new_unchecked(packet.payload_mut());
+    tcp.emit(&mut segment, &src.into(), &dst.into(), &caps);
+    bytes
+}

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{image, kiln, tenders};
+use common::{image, kiln, tcp_syn_frame, tenders};
 use kiln_testkit::{free_port, passt_available, skip, wait_gone};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -794,7 +794,7 @@ fn hostile_frames(mac: [u8; 6], ip: [u8; 4]) -> Vec<Vec<u8>> {
     ];
     // A well-formed SYN to port 80 from the unspecified address 0.0.0.0
     // (smoltcp before 0.13.1 panicked on it).
-    frames.push(syn_from_unspecified(mac, ip));
+    frames.push(tcp_syn_frame((src, [0; 4], 12345), (mac, ip, 80)));
     // Random bytes behind a plausible header, in random lengths.
     for _ in 0..2000 {
         let len = (rand() % 1600) as usize;
@@ -803,51 +803,6 @@ fn hostile_frames(mac: [u8; 6], ip: [u8; 4]) -> Vec<Vec<u8>> {
         frames.push(eth(mac, ethertype, &body));
     }
     frames
-}
-
-/// A TCP SYN from 0.0.0.0:12345 to `ip`:80, with correct checksums.
-fn syn_from_unspecified(mac: [u8; 6], ip: [u8; 4]) -> Vec<u8> {
-    use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{
-        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Address,
-        Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
-    };
-    let (src, dst) = (Ipv4Address::UNSPECIFIED, Ipv4Address::from(ip));
-    let tcp = TcpRepr {
-        src_port: 12345,
-        dst_port: 80,
-        control: TcpControl::Syn,
-        seq_number: TcpSeqNumber(1),
-        ack_number: None,
-        window_len: 65_535,
-        window_scale: None,
-        max_seg_size: Some(1460),
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload: &[],
-    };
-    let ipr = Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: IpProtocol::Tcp,
-        payload_len: tcp.buffer_len(),
-        hop_limit: 64,
-    };
-    let eth = EthernetRepr {
-        src_addr: EthernetAddress([0x02, 0xee, 0, 0, 0, 1]),
-        dst_addr: EthernetAddress(mac),
-        ethertype: EthernetProtocol::Ipv4,
-    };
-    let mut bytes = vec![0u8; eth.buffer_len() + ipr.buffer_len() + tcp.buffer_len()];
-    let caps = ChecksumCapabilities::default();
-    let mut frame = EthernetFrame::new_unchecked(&mut bytes[..]);
-    eth.emit(&mut frame);
-    let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
-    ipr.emit(&mut packet, &caps);
-    let mut segment = TcpPacket::new_unchecked(packet.payload_mut());
-    tcp.emit(&mut segment, &src.into(), &dst.into(), &caps);
-    bytes
 }
 
 /// The MAC the instance announced (`net: NAME up, mac 02-6b-...`).

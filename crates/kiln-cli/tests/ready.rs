@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{image, kiln, tenders};
+use common::{image, kiln, tcp_syn_frame, tenders};
 use kiln_abi::EXIT_TENDER_ERROR;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -456,52 +456,6 @@ fn arp_request() -> Vec<u8> {
     f
 }
 
-/// A TCP SYN from the test peer to the guest's port 80, in an Ethernet
-/// broadcast frame.
-fn syn_to_port_80() -> Vec<u8> {
-    use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{
-        EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr,
-        TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
-    };
-    let (src, dst) = (Ipv4Address::from(PEER), Ipv4Address::from(GUEST));
-    let tcp = TcpRepr {
-        src_port: 40_001,
-        dst_port: 80,
-        control: TcpControl::Syn,
-        seq_number: TcpSeqNumber(1),
-        ack_number: None,
-        window_len: 65_535,
-        window_scale: None,
-        max_seg_size: Some(1460),
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload: &[],
-    };
-    let ip = Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: IpProtocol::Tcp,
-        payload_len: tcp.buffer_len(),
-        hop_limit: 64,
-    };
-    let eth = EthernetRepr {
-        src_addr: EthernetAddress([0x02, 0x74, 0x65, 0x73, 0x74, 0x01]),
-        dst_addr: EthernetAddress::BROADCAST,
-        ethertype: EthernetProtocol::Ipv4,
-    };
-    let mut bytes = vec![0u8; eth.buffer_len() + ip.buffer_len() + tcp.buffer_len()];
-    let caps = ChecksumCapabilities::default();
-    let mut frame = EthernetFrame::new_unchecked(&mut bytes[..]);
-    eth.emit(&mut frame);
-    let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
-    ip.emit(&mut packet, &caps);
-    let mut segment = TcpPacket::new_unchecked(packet.payload_mut());
-    tcp.emit(&mut segment, &src.into(), &dst.into(), &caps);
-    bytes
-}
-
 /// When the peer closes its end, the device goes down (said once on
 /// stderr) and the instance keeps running.
 #[test]
@@ -537,7 +491,11 @@ fn a_closed_peer_takes_the_device_down_not_the_instance() {
         // a process forked by a test running alongside briefly held a copy
         // of `ours`.
         ours.send(&arp_request()).unwrap();
-        ours.send(&syn_to_port_80()).unwrap();
+        ours.send(&tcp_syn_frame(
+            ([0x02, 0x74, 0x65, 0x73, 0x74, 0x01], PEER, 40_001),
+            ([0xff; 6], GUEST, 80),
+        ))
+        .unwrap();
         drop(ours);
         let mut seen = String::new();
         let down = loop {
