@@ -55,7 +55,7 @@ fn spawn(
     args: &[&str],
     image: &std::path::Path,
     inherit: &[(OwnedFd, RawFd)],
-) -> Child {
+) -> Running {
     let moves: Vec<(RawFd, RawFd)> = inherit
         .iter()
         .map(|(fd, at)| (fd.as_raw_fd(), *at))
@@ -79,7 +79,39 @@ fn spawn(
             Ok(())
         });
     }
-    cmd.spawn().expect("start kiln")
+    Running(Some(cmd.spawn().expect("start kiln")))
+}
+
+/// A started `kiln run`, killed and reaped when dropped, so that a failing
+/// test leaves no instance behind.
+struct Running(Option<Child>);
+
+impl Running {
+    fn into_inner(mut self) -> Child {
+        self.0.take().expect("a running kiln")
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("a running kiln")
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("a running kiln")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Waits up to `limit` for `fd` to become readable (or hang up).
@@ -103,7 +135,8 @@ fn drain(fd: OwnedFd) -> Vec<u8> {
     out
 }
 
-fn finish(mut child: Child) -> (i32, String) {
+fn finish(child: Running) -> (i32, String) {
+    let mut child = child.into_inner();
     let _ = child.kill();
     let out = child.wait_with_output().expect("wait for kiln");
     (
@@ -356,7 +389,7 @@ fn an_image_that_never_binds_sends_no_ready() {
         let (ready_r, ready_w) = pipe();
         let child = spawn(t, &["--ready-fd", "3"], &img, &[(high(&ready_w), 3)]);
         drop(ready_w);
-        let out = child.wait_with_output().unwrap();
+        let out = child.into_inner().wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{t}: {out:?}");
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("Hello from kiln!"),
@@ -409,7 +442,7 @@ fn bad_inherited_descriptors_are_refused() {
         ];
         for (args, inherit, want) in cases {
             let child = spawn(t, &args, &img, &inherit);
-            let out = child.wait_with_output().unwrap();
+            let out = child.into_inner().wait_with_output().unwrap();
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(
                 out.status.code(),
@@ -430,7 +463,7 @@ fn bad_inherited_descriptors_are_refused() {
         &img,
         &[(high(&a), 4)],
     );
-    let out = child.wait_with_output().unwrap();
+    let out = child.into_inner().wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
