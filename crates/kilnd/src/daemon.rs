@@ -110,7 +110,6 @@ impl Service {
     }
 
     fn reaped(&self, inst: &Arc<Instance>, exit: &Exit) {
-        lock(&self.instances).retain(|i| !Arc::ptr_eq(i, inst));
         let m = &self.metrics;
         let c = inst.peer.counters();
         m.bytes_in
@@ -131,11 +130,16 @@ impl Service {
                 eprintln!("kilnd: {}#{}: {}", self.spec.name, inst.id, exit.reason);
             }
         }
+        // The exit is on record before the instance leaves the list, so a
+        // reader of both never sees it in neither.
+        let mut list = lock(&self.instances);
         let mut h = lock(&self.history);
         if h.len() == HISTORY {
             h.pop_front();
         }
         h.push_back(exit.clone());
+        drop(h);
+        list.retain(|i| !Arc::ptr_eq(i, inst));
     }
 
     /// Stops every instance; returns how many were asked.
