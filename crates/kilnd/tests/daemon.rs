@@ -439,7 +439,9 @@ fn a_reload_lets_replaced_instances_finish_their_connections() {
     let new = Client::connect(addr).request("/", b"new").unwrap();
     assert_ne!(new.boot, old.boot);
     // ...while the open one is still served by the old instance.
-    let again = held.request("/", b"still here").unwrap();
+    let again = held
+        .request("/", b"still here")
+        .unwrap_or_else(|| panic!("the held connection got no answer:\n{}", k.log()));
     assert_eq!(
         (again.boot, again.body.as_slice()),
         (old.boot, &b"still here"[..])
