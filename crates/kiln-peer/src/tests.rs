@@ -65,3 +65,151 @@ async fn connection_state_is_given_back_when_connections_end() {
     .await
     .expect("connection state kept after every connection ended");
 }
+
+/// What a unit test may change in a link (see `Command::Rig`).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Rig {
+    /// Seed of the context that picks initial sequence numbers, instead of
+    /// the OS's randomness (so that a recorded attack's guessed numbers
+    /// are right).
+    pub(crate) isn_seed: Option<u64>,
+    /// The next local port to use.
+    pub(crate) next_port: Option<u16>,
+    /// Hand frames to smoltcp without the guard.
+    pub(crate) unguarded: bool,
+}
+
+/// The recorded attack on smoltcp 0.14.0 (`tests/data/`, from
+/// `shared/repro/`): `[u16 LE length][frame]...`, three frames with four
+/// empty records between the second and the third (sent as they are: the
+/// link drops them as too short).
+fn repro_frames() -> Vec<Vec<u8>> {
+    let data = include_bytes!("../tests/data/smoltcp-0.14-peer-panic.frames");
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 2 <= data.len() {
+        let len = u16::from_le_bytes([data[at], data[at + 1]]) as usize;
+        frames.push(data[at + 2..at + 2 + len].to_vec());
+        at += 2 + len;
+    }
+    assert_eq!(
+        frames.iter().filter(|f| !f.is_empty()).count(),
+        3,
+        "the recording holds three frames"
+    );
+    frames
+}
+
+/// The guest's MAC address in the recording.
+const REPRO_GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+/// A link set up as the recording expects (sequence numbers as with seed
+/// 1, first local port 49152), with a client spliced in whose SYN has not
+/// been sent, and the recorded frames waiting on the link's socket: they
+/// are all read in the link's next turn, before it sends anything.
+async fn replay(
+    unguarded: bool,
+) -> (
+    PeerHandle,
+    tokio::task::JoinHandle<crate::LinkEnd>,
+    std::os::unix::net::UnixDatagram,
+    TcpStream,
+) {
+    let (host, guest_end) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    let (peer, link) = crate::spawn(host, LinkConfig::default()).unwrap();
+    peer.commands
+        .send(Command::Rig(Rig {
+            isn_seed: Some(1),
+            next_port: Some(49152),
+            unguarded,
+        }))
+        .unwrap();
+    for frame in repro_frames() {
+        guest_end.send(&frame).unwrap();
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (client, accepted) = tokio::join!(
+        TcpStream::connect(listener.local_addr().unwrap()),
+        listener.accept()
+    );
+    peer.splice(accepted.unwrap().0).unwrap();
+    (peer, link, guest_end, client.unwrap())
+}
+
+async fn echo_once(client: &mut TcpStream, what: &[u8]) -> std::io::Result<Vec<u8>> {
+    client.write_all(what).await?;
+    let mut back = vec![0u8; what.len()];
+    tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut back))
+        .await
+        .map_err(|_| std::io::Error::other("no echo within 10 s"))??;
+    Ok(back)
+}
+
+/// The recorded frames, replayed into a live link, do not end it: the
+/// guard refuses the SYN that starts the attack, and the connection that
+/// was waiting goes on to work once a real guest answers.
+#[tokio::test]
+async fn the_recorded_smoltcp_attack_does_not_end_a_live_link() {
+    let (peer, link, guest_end, mut client) = replay(false).await;
+    // The real guest takes over the address the attacker announced.
+    let (_guest, _) = guest::spawn_as(guest_end, guest::Server::Echo, REPRO_GUEST_MAC);
+    let back = echo_once(&mut client, b"still here").await;
+    assert!(!link.is_finished(), "the link ended: {:?}", link.await);
+    assert_eq!(back.unwrap(), b"still here");
+    assert!(
+        peer.counters()
+            .frames_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1,
+        "the SYN was not refused"
+    );
+}
+
+/// Without the guard the same frames make smoltcp panic; the panic ends
+/// that link alone: its client is reset, the link reports why, later
+/// hand-ins are given back, and another link on the same runtime thread
+/// serves on.
+#[tokio::test]
+async fn a_panic_in_one_link_ends_that_link_alone() {
+    let (other_host, other_guest) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    let (_guest, _) = guest::spawn(other_guest, guest::Server::Echo);
+    let (other, _other_link) = crate::spawn(other_host, LinkConfig::default()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (c, a) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    other.splice(a.unwrap().0).unwrap();
+    let mut other_client = c.unwrap();
+    assert_eq!(
+        echo_once(&mut other_client, b"before").await.unwrap(),
+        b"before"
+    );
+
+    let (peer, link, _guest_end, mut client) = replay(true).await;
+    let end = tokio::time::timeout(Duration::from_secs(10), link)
+        .await
+        .expect("the link did not end")
+        .expect("the panic escaped the link");
+    match end {
+        crate::LinkEnd::Panicked(msg) => assert!(msg.contains("sequence"), "{msg}"),
+        other => panic!("the link ended otherwise: {other:?}"),
+    }
+    let mut rest = Vec::new();
+    let read = client.read_to_end(&mut rest).await;
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "the client of the broken link was not reset"
+    );
+    let (c, a) = tokio::join!(TcpStream::connect(addr), listener.accept());
+    assert!(
+        peer.splice(a.unwrap().0).is_err(),
+        "a hand-in to the ended link was taken"
+    );
+    drop(c);
+    assert_eq!(*peer.active().borrow(), 0);
+
+    assert_eq!(
+        echo_once(&mut other_client, b"after").await.unwrap(),
+        b"after"
+    );
+}

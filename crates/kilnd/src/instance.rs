@@ -272,7 +272,7 @@ pub fn spawn(spec: &ServiceSpec, id: u64, kiln: &Path, hooks: Hooks) -> io::Resu
         guest_port: spec.guest_port,
         ..LinkConfig::default()
     };
-    let (peer, _link_task) = kiln_peer::spawn(ours, link)?;
+    let (peer, link_task) = kiln_peer::spawn(ours, link)?;
     let active = peer.active();
     let (phase, _) = watch::channel(Phase::Starting);
     let inst = Arc::new(Instance {
@@ -301,6 +301,24 @@ pub fn spawn(spec: &ServiceSpec, id: u64, kiln: &Path, hooks: Hooks) -> io::Resu
             spec.tender.resolve().as_str()
         ),
     );
+
+    // A link that fails while its instance runs (a panic in the network
+    // stack, reached by what the guest sent; a broken socket) leaves the
+    // instance unreachable: it is stopped and the reason kept.
+    {
+        let inst = inst.clone();
+        let logs = hooks.logs.clone();
+        let metrics = hooks.metrics.clone();
+        tokio::spawn(async move {
+            if let Some(why) = link_failure(link_task.await) {
+                metrics.link_failures.fetch_add(1, Relaxed);
+                let msg = format!("its network link failed: {why}");
+                eprintln!("kilnd: {}#{}: {msg}", inst.service, inst.id);
+                logs.push(inst.id, Source::Kilnd, &msg);
+                inst.stop(&msg);
+            }
+        });
+    }
 
     // Output of the instance.
     let stdout = child.stdout.take();
@@ -378,6 +396,18 @@ pub fn spawn(spec: &ServiceSpec, id: u64, kiln: &Path, hooks: Hooks) -> io::Resu
         });
     }
     Ok(inst)
+}
+
+/// Why a link's end is a failure that must stop its instance, or `None`
+/// when it ended because kilnd closed it or the instance exited.
+fn link_failure(end: Result<kiln_peer::LinkEnd, tokio::task::JoinError>) -> Option<String> {
+    match end {
+        Ok(kiln_peer::LinkEnd::Closed | kiln_peer::LinkEnd::PeerGone) => None,
+        Ok(kiln_peer::LinkEnd::Io(e)) => Some(format!("socket error: {e}")),
+        Ok(kiln_peer::LinkEnd::Panicked(msg)) => Some(format!("the network stack panicked: {msg}")),
+        Err(e) if e.is_cancelled() => None,
+        Err(e) => Some(format!("its task failed: {e}")),
+    }
 }
 
 enum Reader {

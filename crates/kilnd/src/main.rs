@@ -1,5 +1,14 @@
 //! `kilnd`: the kiln daemon.
 
+// Each instance's network link runs in kilnd, and a panic while handling
+// one (a defect in the network stack that a guest's frames reach) must end
+// that link alone: kiln-peer catches it at the link's edge, which only
+// works when panics unwind.
+#[cfg(panic = "abort")]
+compile_error!(
+    "kilnd must be built with panic = \"unwind\": a panic in one instance's network link would otherwise end kilnd and every instance"
+);
+
 use clap::Parser;
 use kilnd::api::{self, ApiAddr};
 use kilnd::config;

@@ -69,6 +69,9 @@ pub struct ServiceMetrics {
     pub stops: AtomicU64,
     /// Instances that exited with status 0 on their own.
     pub exits: AtomicU64,
+    /// Instances stopped because their network link failed (a panic in
+    /// the link's network stack, a socket error).
+    pub link_failures: AtomicU64,
     /// Time from spawning an instance to its READY.
     pub cold_start_seconds: Histogram,
 }
@@ -152,6 +155,12 @@ pub fn render(services: &[Snapshot<'_>]) -> String {
         "kilnd_instance_stops_total",
         "Instances stopped by kilnd (idle timeout, kiln stop, reload, shutdown).",
         &|s| n(&s.m.stops),
+    );
+    counter(
+        &mut out,
+        "kilnd_link_failures_total",
+        "Instances stopped because their network link failed (a panic in its network stack, a socket error).",
+        &|s| n(&s.m.link_failures),
     );
     let _ = writeln!(
         out,
