@@ -20,6 +20,7 @@
 // signal handlers must not allocate; the size is the point, not an accident.
 #![allow(clippy::large_enum_variant, clippy::result_large_err)]
 
+pub mod block;
 mod boot;
 mod config;
 mod dispatch;
@@ -28,6 +29,7 @@ pub mod inherit;
 mod memory;
 pub mod net;
 mod outcome;
+pub mod policy;
 mod ready;
 pub mod size;
 pub mod sys;
@@ -38,6 +40,7 @@ pub use dispatch::{dispatch, Control};
 pub use host::{Host, TenderError};
 pub use memory::{GuestMemory, MemError, VecMemory};
 pub use outcome::{finish, Fault, Message, Outcome, Violation};
+pub use policy::{HostFds, Policy};
 pub use ready::READY_BYTE;
 
 #[cfg(test)]
