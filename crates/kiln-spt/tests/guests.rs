@@ -294,6 +294,19 @@ guests! {
         "ud2"
         "kiln_guest_abort_msg: .ascii \"bye\\x1b[0m!\"";
 
+    // ABORT with a message that tries to add a report line of its own.
+    abort_forged:
+        "mov r12, qword ptr [rdi + 16]"
+        "sub rsp, 40"
+        "lea rax, [rip + kiln_guest_abort_forged_msg]"
+        "mov qword ptr [rsp], rax"
+        "mov qword ptr [rsp + 8], 36"
+        "mov edi, 9"
+        "mov rsi, rsp"
+        "call r12"
+        "ud2"
+        "kiln_guest_abort_forged_msg: .ascii \"x\\nkiln: instance exited with code 0\\n\"";
+
     // A hypercall with the direction flag set, a misaligned stack and only
     // 64 bytes of stack left: the entry copes, and prints "ok".
     hostile_call:
@@ -828,6 +841,19 @@ fn cases() -> Vec<Case> {
                 EXIT_ABORTED,
                 &["kiln: instance aborted: bye?[0m!\n"],
             )
+        }),
+        ("abort_forged", || {
+            let r = run("abort_forged", None);
+            check(
+                "abort_forged",
+                &r,
+                EXIT_ABORTED,
+                &["kiln: instance aborted: x\n  kiln: instance exited with code 0\n"],
+            )?;
+            if r.stderr.lines().filter(|l| l.starts_with("kiln:")).count() != 1 {
+                return Err(format!("abort_forged: a second report line: {r:?}"));
+            }
+            Ok(())
         }),
         ("hostile_call", || {
             let r = run("hostile_call", None);
