@@ -7,7 +7,9 @@
 //! ([`dispatch`]), the devices of one instance ([`Host`]) with their
 //! network backends ([`net`]: tap, passt, an inherited socket), READY and
 //! the descriptors inherited from kiln's parent ([`inherit`]), the [`BootInfo`]
-//! block ([`BootBlock`]) and how an instance ends ([`Outcome`], [`finish`]).
+//! block ([`BootBlock`]), how an instance ends ([`Outcome`], [`finish`]),
+//! how block I/O reaches the disk files ([`block`]) and the seccomp policy
+//! both tenders compile their filters from ([`Policy`]).
 //!
 //! Guest memory is reached only through the [`GuestMemory`] trait, whose
 //! implementations refuse any range that is not wholly guest memory. The

@@ -7,7 +7,7 @@ use core::fmt::{self, Write as _};
 use kiln_abi::{ABORT_MSG_MAX, EXIT_ABORTED, EXIT_CRASHED};
 
 /// What starts every line after the first of a guest-supplied message.
-pub const CONTINUATION: &[u8] = b"  ";
+const CONTINUATION: &[u8] = b"  ";
 
 /// A bounded UTF-8 message held inline (no allocation).
 #[derive(Clone)]
@@ -28,7 +28,7 @@ impl Message {
     /// A message from bytes the guest supplied: cut to the capacity, with
     /// invalid UTF-8 and control characters (other than newline and tab)
     /// replaced by '?', so a guest cannot forge terminal escapes, and every
-    /// line after the first indented by [`CONTINUATION`], so that it cannot
+    /// line after the first indented by two spaces, so that it cannot
     /// pass for a report line of the tender's own ("kiln: ...").
     pub fn from_guest(bytes: &[u8]) -> Self {
         let mut m = Message::new();
