@@ -219,6 +219,16 @@ impl NetDevice {
         self.frame_max
     }
 
+    /// The most bytes one `write` to the backend carries: a frame on a
+    /// tap or frame socket, the send queue on a stream. The sandboxes pin
+    /// the count of `write` on the backend's descriptor to this.
+    pub fn largest_write(&self) -> usize {
+        match &self.framing {
+            Framing::Datagram { .. } => self.frame_max,
+            Framing::Stream { tx, .. } => tx.capacity(),
+        }
+    }
+
     /// The counters.
     pub fn stats(&self) -> Stats {
         let mut s = self.stats;
