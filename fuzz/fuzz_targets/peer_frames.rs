@@ -201,6 +201,19 @@ fn observe(sent: &mut Vec<Vec<u8>>, conns: &mut [Conn]) {
     }
 }
 
+/// `PEER_FRAMES_TRACE=1 cargo fuzz run peer_frames INPUT` prints every
+/// operation and frame of an input (to understand a crash).
+fn tracing() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("PEER_FRAMES_TRACE").is_some())
+}
+
+fn trace_frame(dir: &str, frame: &[u8]) {
+    if tracing() {
+        eprintln!("  {dir} {}", smoltcp::wire::PrettyPrinter::<EthernetFrame<&[u8]>>::new("", &frame));
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let cfg = LinkConfig::default();
     let Ok(mut stack) = Stack::new(&cfg, 1) else {
@@ -214,6 +227,9 @@ fuzz_target!(|data: &[u8]| {
     let mut ops = 0;
     while let Some(op) = input.byte() {
         ops += 1;
+        if tracing() {
+            eprintln!("op {} at {now}", op % 10);
+        }
         if ops > 256 {
             break;
         }
@@ -238,7 +254,7 @@ fuzz_target!(|data: &[u8]| {
                 let which = input.byte().unwrap_or(0);
                 let conn = pick(which, &conns).map(|i| &conns[i]);
                 if let Some(frame) = segment(&mut input, &cfg, conn) {
-                    let _ = stack.ingest(now, &frame, &mut sent);
+                    { trace_frame("guest->host", &frame); let _ = stack.ingest(now, &frame, &mut sent); }
                 }
             }
             // A raw frame, checksums fixed or not.
@@ -249,7 +265,7 @@ fuzz_target!(|data: &[u8]| {
                 if fix {
                     fix_checksums(&mut frame);
                 }
-                let _ = stack.ingest(now, &frame, &mut sent);
+                { trace_frame("guest->host", &frame); let _ = stack.ingest(now, &frame, &mut sent); }
             }
             // The endpoint sends.
             4 => {
@@ -300,9 +316,12 @@ fuzz_target!(|data: &[u8]| {
                 let conn = conns.first();
                 let mut far = Input(&[0x48, 0, 0, 0, 0x80, 1, 0, 0, 0, 0, 0x10, 0, 0, 0, 0]);
                 if let Some(frame) = segment(&mut far, &cfg, conn) {
-                    let _ = stack.ingest(now, &frame, &mut sent);
+                    { trace_frame("guest->host", &frame); let _ = stack.ingest(now, &frame, &mut sent); }
                 }
             }
+        }
+        for f in &sent {
+            trace_frame("host->guest", f);
         }
         observe(&mut sent, &mut conns);
     }

@@ -1,30 +1,45 @@
 //! What the link refuses before smoltcp sees it.
 //!
-//! smoltcp 0.14.0 panics (`wire/tcp.rs:73`, "attempt to subtract sequence
-//! numbers with underflow", reached from `socket/tcp.rs:1783`) when a
-//! socket in SYN-SENT takes a SYN or SYN-ACK *before its own SYN has been
-//! sent*: the socket then records the peer's sequence number as the last
-//! acknowledged one with a receive window of zero, so its window ends one
-//! byte before it starts, and a later segment 2^31 away from the window
-//! passes the acceptability test and underflows the offset arithmetic.
-//! A guest can arrange exactly that: it answers the link's ARP request and,
-//! in the same breath, sends a SYN (simultaneous open) or a SYN-ACK, then
-//! the far segment. (`../shared/repro/smoltcp-0.14-peer-panic.frames`.)
+//! smoltcp 0.14.0 trusts the numbers it keeps about its own receive window
+//! before the handshake is complete on its side, and two of them are wrong
+//! there; a guest can exploit both (found by the recorded attack in
+//! `../shared/repro/` and by the `peer_frames` fuzz target):
 //!
-//! The link only ever opens connections, so it never needs what starts
-//! that path. The guard drops, before smoltcp parses anything:
+//! 1. A socket in SYN-SENT that takes a SYN or SYN-ACK *before its own SYN
+//!    has been sent* records the peer's sequence number as the last one it
+//!    acknowledged, with a window of zero: its window ends one byte before
+//!    it starts, and a segment 2^31 away then passes the acceptability test
+//!    and underflows the offset arithmetic (`wire/tcp.rs:73`, "attempt to
+//!    subtract sequence numbers with underflow", from `socket/tcp.rs:1783`).
+//! 2. After a SYN-ACK that offers window scaling, and until the socket has
+//!    sent its first ACK, it scales the window of its own SYN (which is
+//!    never scaled) by its shift: with 64 KiB buffers it accepts data up to
+//!    128 KiB ahead. Data beyond the buffer is half-written, and once such
+//!    data is contiguous, queueing it fails `assert!(count <= window)`
+//!    (`storage/ring_buffer.rs:345`) in a release build, or
+//!    `debug_assert!(len_written == payload_len)` (`socket/tcp.rs:2233`)
+//!    before that in a debug one. A guest needs only a SYN-ACK and ~45 full
+//!    segments in one burst, before the link's ACK goes out.
+//!
+//! The link only ever opens connections and needs none of that, so the
+//! guard follows each connection's handshake as the link sends it and
+//! drops, before smoltcp parses anything:
 //! - a TCP segment with SYN and without ACK (a simultaneous open or a
 //!   connection request: nothing listens here);
-//! - a SYN-ACK for a local port whose SYN has not left yet (no honest guest
-//!   can answer a SYN it has not seen);
+//! - a SYN-ACK for a connection whose SYN has not left yet (no honest guest
+//!   answers a SYN it has not seen);
+//! - a segment carrying data for a connection on which the link has not
+//!   yet acknowledged the guest's SYN (an honest guest sends data only
+//!   after that ACK; one that does not retransmits);
 //! - any IPv4 fragment (the link's MTU is fixed and both ends respect it;
 //!   smoltcp as built here drops fragments anyway, and the guard must never
 //!   look at a different TCP header than smoltcp would).
 //!
-//! Once a connection's SYN has gone out, smoltcp's window is the one it
-//! advertised and the defect cannot be reached. The guard learns that from
-//! the frames the link sends ([`Guard::sent`]), which is exact: smoltcp
-//! sends a connection's first SYN only from `poll_egress`, after ARP.
+//! Once the link has sent its first ACK on a connection, smoltcp's window is
+//! the one it advertised and neither defect can be reached: the guard
+//! forgets the connection. It learns what left from the frames the link
+//! sends ([`Guard::sent`]); smoltcp sends a connection's SYN and its first
+//! ACK only from `poll_egress`, after ARP.
 //!
 //! Parsing uses smoltcp's own checked wire types, the same way its ingress
 //! does, so the guard and the stack always agree on which bytes are the TCP
@@ -39,6 +54,8 @@ pub enum Refusal {
     Syn,
     /// SYN-ACK for a connection whose SYN has not been sent.
     EarlySynAck,
+    /// Data for a connection whose handshake the link has not completed.
+    EarlyData,
     /// An IPv4 fragment.
     Fragment,
 }
@@ -50,6 +67,9 @@ struct Segment {
     dst_port: u16,
     syn: bool,
     ack: bool,
+    rst: bool,
+    /// Bytes of payload.
+    data: usize,
 }
 
 /// What a frame is to the guard.
@@ -86,35 +106,54 @@ fn parse(frame: &[u8]) -> Parsed {
         dst_port: tcp.dst_port(),
         syn: tcp.syn(),
         ack: tcp.ack(),
+        rst: tcp.rst(),
+        data: tcp.payload().len(),
     })
 }
 
-/// The guard of one link: the local ports of connections whose SYN is
-/// still to be sent (usually none, at most a few: connections wait here
-/// only until the guest answers ARP).
+/// Where a connection's handshake is, as far as the link has sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handshake {
+    /// Opened; its SYN has not left (ARP is not answered yet).
+    SynUnsent,
+    /// Its SYN has left; no ACK from the link yet.
+    SynSent,
+}
+
+/// The guard of one link: the connections whose handshake the link has not
+/// completed (usually none, at most a few, and each only until the guest
+/// answers ARP and the SYN).
 #[derive(Debug, Default)]
 pub(crate) struct Guard {
-    unsent_syn: Vec<u16>,
+    opening: Vec<(u16, Handshake)>,
 }
 
 impl Guard {
     /// A connection from local `port` was just opened; its SYN is not out.
     pub(crate) fn opened(&mut self, port: u16) {
-        self.unsent_syn.push(port);
+        self.closed(port);
+        self.opening.push((port, Handshake::SynUnsent));
     }
 
-    /// The connection from `port` is gone.
+    /// The connection from `port` is gone, or complete.
     pub(crate) fn closed(&mut self, port: u16) {
-        self.unsent_syn.retain(|&p| p != port);
-        if self.unsent_syn.is_empty() {
-            self.unsent_syn = Vec::new();
+        self.opening.retain(|&(p, _)| p != port);
+        if self.opening.is_empty() {
+            self.opening = Vec::new();
         }
     }
 
-    /// Whether any connection still waits for its SYN to leave (when none
-    /// does, [`Guard::sent`] need not look at frames).
+    fn state(&self, port: u16) -> Option<Handshake> {
+        self.opening
+            .iter()
+            .find(|&&(p, _)| p == port)
+            .map(|&(_, h)| h)
+    }
+
+    /// Whether any connection is still opening (when none is, [`Guard::sent`]
+    /// need not look at frames).
     pub(crate) fn watching(&self) -> bool {
-        !self.unsent_syn.is_empty()
+        !self.opening.is_empty()
     }
 
     /// A frame the link sent to the guest.
@@ -122,23 +161,38 @@ impl Guard {
         if !self.watching() {
             return;
         }
-        if let Parsed::Tcp(s) = parse(frame) {
-            if s.syn && !s.ack {
-                self.closed(s.src_port);
+        let Parsed::Tcp(s) = parse(frame) else {
+            return;
+        };
+        match (self.state(s.src_port), s.syn, s.ack, s.rst) {
+            (Some(Handshake::SynUnsent), true, false, false) => {
+                for entry in &mut self.opening {
+                    if entry.0 == s.src_port {
+                        entry.1 = Handshake::SynSent;
+                    }
+                }
             }
+            // The link's first ACK: smoltcp now holds the window it
+            // advertised; nothing more to watch on this connection.
+            (Some(Handshake::SynSent), false, true, false) => self.closed(s.src_port),
+            _ => {}
         }
     }
 
     /// Whether smoltcp may see this frame from the guest.
     pub(crate) fn check(&self, frame: &[u8]) -> Result<(), Refusal> {
-        match parse(frame) {
-            Parsed::Other => Ok(()),
-            Parsed::Fragment => Err(Refusal::Fragment),
-            Parsed::Tcp(s) if s.syn && !s.ack => Err(Refusal::Syn),
-            Parsed::Tcp(s) if s.syn && self.unsent_syn.contains(&s.dst_port) => {
-                Err(Refusal::EarlySynAck)
-            }
-            Parsed::Tcp(_) => Ok(()),
+        let s = match parse(frame) {
+            Parsed::Other => return Ok(()),
+            Parsed::Fragment => return Err(Refusal::Fragment),
+            Parsed::Tcp(s) => s,
+        };
+        if s.syn && !s.ack {
+            return Err(Refusal::Syn);
+        }
+        match self.state(s.dst_port) {
+            Some(Handshake::SynUnsent) if s.syn => Err(Refusal::EarlySynAck),
+            Some(_) if s.data > 0 && !s.syn => Err(Refusal::EarlyData),
+            _ => Ok(()),
         }
     }
 }
@@ -154,11 +208,17 @@ mod tests {
     const HOST: Ipv4Address = Ipv4Address::new(10, 0, 0, 1);
     const GUEST: Ipv4Address = Ipv4Address::new(10, 0, 0, 2);
 
-    /// A frame from the guest's port 80 to `dst_port`.
-    fn segment(dst_port: u16, control: TcpControl, ack: bool) -> Vec<u8> {
+    /// A frame from `src` (address, port) to `dst`.
+    fn frame(
+        src: (Ipv4Address, u16),
+        dst: (Ipv4Address, u16),
+        control: TcpControl,
+        ack: bool,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let tcp = TcpRepr {
-            src_port: 80,
-            dst_port,
+            src_port: src.1,
+            dst_port: dst.1,
             control,
             seq_number: TcpSeqNumber(1000),
             ack_number: ack.then_some(TcpSeqNumber(2000)),
@@ -168,11 +228,11 @@ mod tests {
             sack_permitted: false,
             sack_ranges: [None; 3],
             timestamp: None,
-            payload: &[],
+            payload,
         };
         let ip = Ipv4Repr {
-            src_addr: GUEST,
-            dst_addr: HOST,
+            src_addr: src.0,
+            dst_addr: dst.0,
             next_header: IpProtocol::Tcp,
             payload_len: tcp.buffer_len(),
             hop_limit: 64,
@@ -189,29 +249,25 @@ mod tests {
         let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
         ip.emit(&mut p, &caps);
         let mut t = TcpPacket::new_unchecked(p.payload_mut());
-        tcp.emit(&mut t, &HOST.into(), &GUEST.into(), &caps);
+        tcp.emit(&mut t, &src.0.into(), &dst.0.into(), &caps);
         buf
     }
 
-    /// The same frame as the link would send it (host to guest), so that
-    /// the guard sees its own SYN leave.
-    fn outgoing_syn(src_port: u16) -> Vec<u8> {
-        let mut f = segment(80, TcpControl::Syn, false);
-        let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
-        let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
-        ip.set_src_addr(HOST);
-        ip.set_dst_addr(GUEST);
-        let mut tcp = TcpPacket::new_unchecked(ip.payload_mut());
-        tcp.set_src_port(src_port);
-        tcp.set_dst_port(80);
-        f
+    /// From the guest's port 80 to the link's `port`.
+    fn incoming(port: u16, control: TcpControl, ack: bool, payload: &[u8]) -> Vec<u8> {
+        frame((GUEST, 80), (HOST, port), control, ack, payload)
+    }
+
+    /// From the link's `port` to the guest's port 80.
+    fn outgoing(port: u16, control: TcpControl, ack: bool) -> Vec<u8> {
+        frame((HOST, port), (GUEST, 80), control, ack, &[])
     }
 
     #[test]
     fn a_bare_syn_is_always_refused() {
         let g = Guard::default();
         assert_eq!(
-            g.check(&segment(50000, TcpControl::Syn, false)),
+            g.check(&incoming(50000, TcpControl::Syn, false, &[])),
             Err(Refusal::Syn)
         );
     }
@@ -220,24 +276,53 @@ mod tests {
     fn a_syn_ack_waits_for_our_syn() {
         let mut g = Guard::default();
         g.opened(50000);
-        let syn_ack = segment(50000, TcpControl::Syn, true);
+        let syn_ack = incoming(50000, TcpControl::Syn, true, &[]);
         assert_eq!(g.check(&syn_ack), Err(Refusal::EarlySynAck));
         // Another connection's SYN leaving changes nothing for this one.
-        g.sent(&outgoing_syn(50001));
+        g.sent(&outgoing(50001, TcpControl::Syn, false));
         assert_eq!(g.check(&syn_ack), Err(Refusal::EarlySynAck));
-        g.sent(&outgoing_syn(50000));
-        assert!(!g.watching());
+        g.sent(&outgoing(50000, TcpControl::Syn, false));
         assert_eq!(g.check(&syn_ack), Ok(()));
     }
 
     #[test]
-    fn ordinary_segments_and_other_frames_pass() {
+    fn data_waits_for_our_first_ack() {
         let mut g = Guard::default();
         g.opened(50000);
-        assert_eq!(g.check(&segment(50000, TcpControl::None, true)), Ok(()));
-        assert_eq!(g.check(&segment(50000, TcpControl::Rst, true)), Ok(()));
+        g.sent(&outgoing(50000, TcpControl::Syn, false));
+        let data = incoming(50000, TcpControl::Psh, true, b"early");
+        assert_eq!(g.check(&data), Err(Refusal::EarlyData));
+        // Our RST is not our first ACK.
+        g.sent(&outgoing(50000, TcpControl::Rst, true));
+        assert_eq!(g.check(&data), Err(Refusal::EarlyData));
+        // Segments without data pass meanwhile (a duplicate SYN-ACK, an RST).
+        assert_eq!(
+            g.check(&incoming(50000, TcpControl::Syn, true, &[])),
+            Ok(())
+        );
+        assert_eq!(
+            g.check(&incoming(50000, TcpControl::Rst, true, &[])),
+            Ok(())
+        );
+        g.sent(&outgoing(50000, TcpControl::None, true));
+        assert!(!g.watching());
+        assert_eq!(g.check(&data), Ok(()));
+    }
+
+    #[test]
+    fn other_connections_and_other_frames_pass() {
+        let mut g = Guard::default();
+        g.opened(50000);
+        assert_eq!(
+            g.check(&incoming(50001, TcpControl::Psh, true, b"data")),
+            Ok(())
+        );
+        assert_eq!(
+            g.check(&incoming(50000, TcpControl::Rst, true, &[])),
+            Ok(())
+        );
         assert_eq!(g.check(&[0u8; 3]), Ok(()));
-        let mut arp = segment(50000, TcpControl::None, true);
+        let mut arp = incoming(50000, TcpControl::None, true, &[]);
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
         assert_eq!(g.check(&arp), Ok(()));
     }
@@ -245,7 +330,7 @@ mod tests {
     #[test]
     fn fragments_are_refused() {
         let g = Guard::default();
-        let mut f = segment(50000, TcpControl::None, true);
+        let mut f = incoming(50000, TcpControl::None, true, &[]);
         let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
         let mut ip = Ipv4Packet::new_unchecked(eth.payload_mut());
         ip.set_more_frags(true);
