@@ -502,9 +502,10 @@ pub type Warning = String;
 /// Checks `cfg` against the host. An error (with the line of the key at
 /// fault) for what can never fit: one service's `max_instances` beyond the
 /// descriptors, tasks or memory of the host, every `warm` instance
-/// together beyond the descriptors or tasks, a connection cap beyond the
-/// descriptors. Warnings for sums over all services that fit only while
-/// not every service is at its peak.
+/// together beyond the descriptors or tasks. Warnings for sums over all
+/// services that fit only while not every service is at its peak, and for
+/// connection caps beyond the descriptors (connections are refused before
+/// descriptors run out anyway).
 pub fn check(cfg: &Config, host: &Host) -> Result<Vec<Warning>, ConfigError> {
     let err = |line: usize, reason: String| ConfigError {
         path: cfg.path.clone(),
@@ -518,16 +519,6 @@ pub fn check(cfg: &Config, host: &Host) -> Result<Vec<Warning>, ConfigError> {
     let cap = |n: u64| n.min(limits.max_instances as u64);
     let mib = |b: u64| b >> 20;
 
-    if let Some(n) = cfg.daemon.max_connections {
-        if n as u64 + kilnd_fds > fds_max {
-            return Err(err(
-                cfg.daemon.max_connections_line,
-                format!(
-                    "[daemon]: max_connections = {n} needs {n} descriptors beside kilnd's {kilnd_fds}, but kilnd may hold only {fds_max} (RLIMIT_NOFILE hard limit)"
-                ),
-            ));
-        }
-    }
     let (mut sum_fds, mut sum_tasks, mut sum_mem) = (kilnd_fds, 0u64, 0u64);
     let (mut warm_fds, mut warm_tasks) = (kilnd_fds, 0u64);
     for s in &cfg.services {
@@ -554,13 +545,6 @@ pub fn check(cfg: &Config, host: &Host) -> Result<Vec<Warning>, ConfigError> {
                 mib(s.memory), mib(mem), mib(host.memory)
             )));
         }
-        if let Some(c) = s.max_connections {
-            if c as u64 + kilnd_fds > fds_max {
-                return Err(err(s.lines.max_connections, format!(
-                    "service \"{name}\": max_connections = {c} needs {c} descriptors beside kilnd's {kilnd_fds}, but kilnd may hold only {fds_max} (RLIMIT_NOFILE hard limit)"
-                )));
-            }
-        }
         if s.warm {
             warm_fds += (FDS_PER_INSTANCE) as u64;
             warm_tasks += TASKS_PER_INSTANCE as u64;
@@ -576,6 +560,22 @@ pub fn check(cfg: &Config, host: &Host) -> Result<Vec<Warning>, ConfigError> {
         sum_mem = sum_mem.saturating_add(mem);
     }
     let mut warnings = Vec::new();
+    // A connection cap is a ceiling: beyond the descriptors, connections
+    // are refused as "descriptors" first. Said, not refused.
+    let room = fds_max.saturating_sub(kilnd_fds);
+    if let Some(n) = cfg.daemon.max_connections.filter(|&n| n as u64 > room) {
+        warnings.push(format!(
+            "[daemon] max_connections = {n} is more than kilnd's descriptors allow (about {room} beside its own {kilnd_fds} of {fds_max}); connections beyond are refused as \"descriptors\""
+        ));
+    }
+    for s in &cfg.services {
+        if let Some(n) = s.max_connections.filter(|&n| n as u64 > room) {
+            warnings.push(format!(
+                "service \"{}\": max_connections = {n} is more than kilnd's descriptors allow (about {room} beside its own {kilnd_fds} of {fds_max}); connections beyond are refused as \"descriptors\"",
+                s.name
+            ));
+        }
+    }
     if sum_fds > fds_max {
         warnings.push(format!(
             "every service at max_instances and max_connections at once would need {sum_fds} descriptors; kilnd may hold {fds_max} (further connections and instances are then refused and counted)"
