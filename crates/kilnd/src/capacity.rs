@@ -414,32 +414,41 @@ impl Usage {
                 ),
             ));
         }
-        let fds = self.fds();
-        if fds + SPAWN_FDS + API_RESERVE > self.limit {
-            return Err(NoStart::Refused(
-                InstanceRefusal::Descriptors,
-                format!(
-                    "kilnd holds {fds} of its {} descriptors; an instance start needs {SPAWN_FDS} and {API_RESERVE} stay free for the API",
-                    self.limit
-                ),
-            ));
-        }
-        if let Some(tasks) = tasks_now() {
-            if tasks + TASKS_PER_INSTANCE + TASK_RESERVE > self.tasks_max {
-                return Err(NoStart::Refused(
-                    InstanceRefusal::Tasks,
-                    format!(
-                        "the host runs {tasks} tasks of at most {}; an instance needs {TASKS_PER_INSTANCE} and {TASK_RESERVE} stay free",
-                        self.tasks_max
-                    ),
-                ));
-            }
-        }
+        // A slot first: it is the cheap check, and what most callers (warm
+        // services waiting to start) are told no by.
         self.starting
             .fetch_update(Relaxed, Relaxed, |n| {
                 (n < limits.max_starting).then_some(n + 1)
             })
             .map_err(|_| NoStart::Busy)?;
+        let give_back = |refusal: NoStart| {
+            sub(&self.starting, 1);
+            self.slot_freed.notify_waiters();
+            refusal
+        };
+        // The slot just taken is counted in fds() already.
+        let fds = self.fds();
+        if fds + SPAWN_FDS + API_RESERVE > self.limit + FDS_PER_STARTING {
+            return Err(give_back(NoStart::Refused(
+                InstanceRefusal::Descriptors,
+                format!(
+                    "kilnd holds {} of its {} descriptors; an instance start needs {SPAWN_FDS} and {API_RESERVE} stay free for the API",
+                    fds - FDS_PER_STARTING,
+                    self.limit
+                ),
+            )));
+        }
+        if let Some(tasks) = tasks_now() {
+            if tasks + TASKS_PER_INSTANCE + TASK_RESERVE > self.tasks_max {
+                return Err(give_back(NoStart::Refused(
+                    InstanceRefusal::Tasks,
+                    format!(
+                        "the host runs {tasks} tasks of at most {}; an instance needs {TASKS_PER_INSTANCE} and {TASK_RESERVE} stay free",
+                        self.tasks_max
+                    ),
+                )));
+            }
+        }
         self.instances.fetch_add(1, Relaxed);
         Ok(StartSlot {
             usage: self.clone(),
