@@ -115,6 +115,7 @@ enum Pick {
 /// Why a held connection did not become ready.
 enum Held {
     Silent,
+    Gone,
     Failed(String),
 }
 
@@ -156,12 +157,35 @@ impl Drop for Holding<'_> {
     }
 }
 
-/// Whether the client has already sent something (or closed).
-fn has_sent(client: &TcpStream) -> bool {
+/// What a held client has done so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// Sent nothing yet.
+    Silent,
+    /// Sent at least one byte.
+    Sent,
+    /// Closed (or failed) without sending anything.
+    Gone,
+}
+
+impl Client {
+    fn from_peek(r: std::io::Result<usize>) -> Client {
+        match r {
+            Ok(n) if n > 0 => Client::Sent,
+            _ => Client::Gone,
+        }
+    }
+}
+
+/// What the client has done, without waiting.
+fn peek_now(client: &TcpStream) -> Client {
     let mut byte = [0u8; 1];
     let mut buf = tokio::io::ReadBuf::new(&mut byte);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    client.poll_peek(&mut cx, &mut buf).is_ready()
+    match client.poll_peek(&mut cx, &mut buf) {
+        std::task::Poll::Pending => Client::Silent,
+        std::task::Poll::Ready(r) => Client::from_peek(r),
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -410,22 +434,29 @@ impl Service {
     }
 
     /// Waits until `inst` is ready; meanwhile notices the client's first
-    /// byte, and gives up on a client still silent at `silent`.
+    /// byte, and gives up on a client still silent at `silent` or gone
+    /// without a word.
     async fn wait_ready(
         &self,
         inst: &Instance,
         client: &TcpStream,
-        sent: &mut bool,
+        said: &mut Client,
         silent: Option<Instant>,
     ) -> Result<(), Held> {
         let ready = inst.ready(self.spec.ready_timeout);
         tokio::pin!(ready);
         let mut byte = [0u8; 1];
         loop {
+            let waiting = *said == Client::Silent;
             tokio::select! {
                 r = &mut ready => return r.map_err(Held::Failed),
-                _ = client.peek(&mut byte), if !*sent => *sent = true,
-                _ = sleep_until(silent), if !*sent => return Err(Held::Silent),
+                r = client.peek(&mut byte), if waiting => {
+                    *said = Client::from_peek(r);
+                    if *said == Client::Gone {
+                        return Err(Held::Gone);
+                    }
+                }
+                _ = sleep_until(silent), if waiting => return Err(Held::Silent),
             }
         }
     }
@@ -465,22 +496,34 @@ impl Service {
         let timeout = self.spec.first_byte_timeout;
         let silent = (!timeout.is_zero()).then(|| accepted + timeout);
         let give_up = accepted + self.spec.ready_timeout;
-        let mut sent = false;
+        let mut said = Client::Silent;
+        let silent_detail = |also: &str| {
+            format!(
+                "its client sent nothing within first_byte_timeout = {}{also}",
+                human(timeout)
+            )
+        };
         // A second try only when the chosen instance died between READY
         // and the splice (its link hands the connection back).
         let mut attempt = 0;
         loop {
-            sent = sent || has_sent(&client);
-            let inst = match self.pick(sent) {
+            if said == Client::Silent {
+                said = peek_now(&client);
+            }
+            if said == Client::Gone {
+                // It left without a word (a port probe, say): nothing to
+                // serve, nothing to report.
+                return;
+            }
+            let inst = match self.pick(said == Client::Sent) {
                 Pick::Route(i) => i,
                 Pick::WaitFirstByte => {
                     let mut byte = [0u8; 1];
                     tokio::select! {
-                        _ = client.peek(&mut byte) => sent = true,
+                        r = client.peek(&mut byte) => said = Client::from_peek(r),
                         _ = sleep_until(silent) => {
-                            let detail = format!("its client sent nothing within first_byte_timeout = {}", human(timeout));
                             drop(holding);
-                            self.refuse_connection(client, ConnRefusal::Silent, detail);
+                            self.refuse_connection(client, ConnRefusal::Silent, silent_detail(""));
                             return;
                         }
                     }
@@ -492,13 +535,16 @@ impl Service {
                     };
                     let freed = usage.slot_freed.notified();
                     let mut byte = [0u8; 1];
+                    let waiting = said == Client::Silent;
                     tokio::select! {
                         _ = freed => {}
-                        _ = client.peek(&mut byte), if !sent => sent = true,
-                        _ = sleep_until(silent), if !sent => {
-                            let detail = format!("its client sent nothing within first_byte_timeout = {}", human(timeout));
+                        // A slot freed just before we began to wait is
+                        // found on the next try.
+                        _ = tokio::time::sleep(TICK) => {}
+                        r = client.peek(&mut byte), if waiting => said = Client::from_peek(r),
+                        _ = sleep_until(silent), if waiting => {
                             drop(holding);
-                            self.refuse_connection(client, ConnRefusal::Silent, detail);
+                            self.refuse_connection(client, ConnRefusal::Silent, silent_detail(""));
                             return;
                         }
                         _ = tokio::time::sleep_until(give_up.into()) => {
@@ -518,18 +564,15 @@ impl Service {
             };
             let pending = Pending(inst);
             let inst = &pending.0;
-            match self.wait_ready(inst, &client, &mut sent, silent).await {
+            match self.wait_ready(inst, &client, &mut said, silent).await {
                 Ok(()) => {}
                 Err(Held::Silent) => {
-                    let detail = format!(
-                        "its client sent nothing within first_byte_timeout = {} while instance {} started",
-                        human(timeout),
-                        inst.id
-                    );
+                    let detail = silent_detail(&format!(" while instance {} started", inst.id));
                     drop(holding);
                     self.refuse_connection(client, ConnRefusal::Silent, detail);
                     return;
                 }
+                Err(Held::Gone) => return,
                 Err(Held::Failed(e)) => {
                     self.dropped(inst.id, &e);
                     if inst.phase() == Phase::Starting {
