@@ -29,6 +29,9 @@ const WARM_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long an accept loop waits after the kernel refused it (EMFILE and
 /// friends) before it tries again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest a handed-over connection stays pending while its link has not
+/// yet counted it.
+const LINK_COUNTS: Duration = Duration::from_secs(1);
 /// At most one line per this long about refusals, per service.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 
@@ -583,8 +586,16 @@ impl Service {
                 }
             }
             holding.handed_over();
+            let mut counted = inst.peer.active();
+            counted.mark_unchanged();
             let result = inst.peer.splice(client);
             let id = inst.id;
+            if result.is_ok() {
+                // The connection stays pending until the link publishes it
+                // (its next change of the count): in between, the
+                // instance must not look idle or below its concurrency.
+                let _ = tokio::time::timeout(LINK_COUNTS, counted.changed()).await;
+            }
             drop(pending);
             match result {
                 Ok(()) => return,
