@@ -13,9 +13,10 @@
 //! GET  /metrics                     Prometheus text format
 //! ```
 
+use crate::capacity::{ConnRefusal, InstanceRefusal, NoStart};
 use crate::daemon::{Daemon, Service};
 use crate::instance::Instance;
-use crate::metrics::{self, Snapshot};
+use crate::metrics::{self, DaemonSnapshot, Snapshot};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
@@ -137,6 +138,17 @@ fn service_json(s: &Service) -> Value {
         "requests": m.connections.load(Relaxed),
         "requests_failed": m.connections_failed.load(Relaxed),
         "crashes": m.crashes.load(Relaxed),
+        "connections_open": s.open_connections(),
+        "refused": {
+            "connections": ConnRefusal::ALL.iter()
+                .map(|r| (r.label().to_string(), json!(m.refused[r.index()].load(Relaxed))))
+                .collect::<serde_json::Map<_, _>>(),
+            "instances": InstanceRefusal::ALL.iter()
+                .map(|r| (r.label().to_string(), json!(m.instance_refusals[r.index()].load(Relaxed))))
+                .collect::<serde_json::Map<_, _>>(),
+        },
+        "last_refusal": s.last_refusal(),
+        "connections_reset_on_stop": m.reset_on_stop.load(Relaxed),
     })
 }
 
@@ -147,10 +159,12 @@ fn render_metrics(d: &Daemon) -> String {
         .map(|s| {
             let insts = s.instances();
             let (mut bi, mut bo, mut secs, mut starting, mut ready) = (0, 0, 0.0, 0, 0);
+            let mut failed = 0;
             for i in &insts {
                 let c = i.peer.counters();
                 bi += c.bytes_to_guest.load(Relaxed);
                 bo += c.bytes_from_guest.load(Relaxed);
+                failed += c.connections_failed.load(Relaxed);
                 secs += i.started.elapsed().as_secs_f64();
                 match i.phase().name() {
                     "starting" => starting += 1,
@@ -165,10 +179,20 @@ fn render_metrics(d: &Daemon) -> String {
                 live_seconds: secs,
                 starting,
                 ready,
+                live_link_failed: failed,
+                open: s.open_connections(),
             }
         })
         .collect();
-    metrics::render(&snaps)
+    metrics::render(
+        &snaps,
+        &DaemonSnapshot {
+            descriptors: d.usage.fds(),
+            descriptor_limit: d.usage.limit(),
+            connections: d.usage.connections(),
+            starting: d.usage.starting(),
+        },
+    )
 }
 
 /// Answers one request.
@@ -194,6 +218,12 @@ pub async fn handle(d: Arc<Daemon>, quit: Arc<Notify>, req: Request<Incoming>) -
                     "config": d.config_path.display().to_string(),
                     "services": services.len(),
                     "instances": instances,
+                    "descriptors": d.usage.fds(),
+                    "descriptor_limit": d.usage.limit(),
+                    "connections": d.usage.connections(),
+                    "max_connections": d.limits().max_connections,
+                    "instances_starting": d.usage.starting(),
+                    "max_starting": d.limits().max_starting,
                 }),
             )
         }
@@ -251,7 +281,18 @@ pub async fn handle(d: Arc<Daemon>, quit: Arc<Notify>, req: Request<Incoming>) -
                                 Err(e) => error(StatusCode::BAD_GATEWAY, e),
                             }
                         }
-                        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                        Err(NoStart::Busy) => error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!(
+                                "{} instances are starting, [daemon] max_starting = {}; try again",
+                                d.usage.starting(),
+                                d.limits().max_starting
+                            ),
+                        ),
+                        Err(NoStart::Refused(_, e)) => error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("new instance refused: {e}"),
+                        ),
                     }
                 }
                 _ => error(
@@ -295,17 +336,41 @@ pub async fn bind(addr: &ApiAddr) -> std::io::Result<Listener> {
     })
 }
 
-/// Serves the API until the task is dropped.
-pub async fn serve(l: Listener, d: Arc<Daemon>, quit: Arc<Notify>) -> std::io::Result<()> {
+/// Serves the API until the task is dropped. A failed accept (EMFILE
+/// when kilnd is at its descriptor limit) is said once and retried after
+/// a short pause: the API never stops listening.
+pub async fn serve(l: Listener, d: Arc<Daemon>, quit: Arc<Notify>) {
+    let mut failing = 0u64;
     loop {
-        match &l {
-            Listener::Unix(l) => {
-                let (s, _) = l.accept().await?;
-                spawn_conn(s, d.clone(), quit.clone());
+        let accepted = match &l {
+            Listener::Unix(l) => l
+                .accept()
+                .await
+                .map(|(s, _)| spawn_conn(s, d.clone(), quit.clone())),
+            Listener::Tcp(l) => l
+                .accept()
+                .await
+                .map(|(s, _)| spawn_conn(s, d.clone(), quit.clone())),
+        };
+        match accepted {
+            Ok(()) if failing > 0 => {
+                eprintln!("kilnd: API: accepting again after {failing} failed accepts");
+                failing = 0;
             }
-            Listener::Tcp(l) => {
-                let (s, _) = l.accept().await?;
-                spawn_conn(s, d.clone(), quit.clone());
+            Ok(()) => {}
+            Err(e) => {
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    d.usage.recount();
+                }
+                if failing == 0 {
+                    eprintln!(
+                        "kilnd: API: accept failed: {e} (kilnd holds {} of {} descriptors); retrying",
+                        d.usage.fds(),
+                        d.usage.limit()
+                    );
+                }
+                failing += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
     }
@@ -315,7 +380,9 @@ fn spawn_conn<S>(s: S, d: Arc<Daemon>, quit: Arc<Notify>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let counted = d.usage.api_connection();
     tokio::spawn(async move {
+        let _counted = counted;
         let svc = hyper::service::service_fn(move |req| {
             let d = d.clone();
             let quit = quit.clone();
