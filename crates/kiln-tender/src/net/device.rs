@@ -464,7 +464,14 @@ impl NetDevice {
                     return false;
                 }
                 // Pull in what arrived; a hang-up with nothing left reads 0.
-                let read = port.read(rx.space());
+                // A buffer full of whole frames takes nothing until the
+                // guest reads some: a read into no room would also return
+                // 0 and look like a hang-up.
+                let space = rx.space();
+                if space.is_empty() {
+                    return self.has_buffered_frame();
+                }
+                let read = port.read(space);
                 match read {
                     Ok(0) => self.fail(Down::Closed),
                     Ok(n) => rx.filled(n),
