@@ -2,7 +2,7 @@
 //! manifest declares.
 
 use crate::block::BLOCK_SIZE;
-use crate::inherit::{self, FdError};
+use crate::inherit::{self, FdError, InheritError};
 use crate::net::{self, Backend, Keep, NetDevice, NetError, PlanError};
 use crate::policy::{Disk, HostFds, NetFd};
 use crate::ready::ReadySignal;
@@ -64,8 +64,8 @@ pub enum TenderError {
     #[error(transparent)]
     ReadyFd(#[from] FdError),
     /// One descriptor for two purposes.
-    #[error("descriptor {0} is given both as --ready-fd {0} and as --net fd:{0}")]
-    FdShared(RawFd),
+    #[error(transparent)]
+    FdShared(InheritError),
     /// SIGPIPE could not be ignored.
     #[error("cannot ignore SIGPIPE (needed with --ready-fd and --net fd:N)")]
     Sigpipe(#[source] std::io::Error),
@@ -139,7 +139,7 @@ impl Host {
         let ready_fd = match cfg.ready_fd {
             Some(fd) => {
                 if net_plans.iter().any(|p| p.backend == Backend::Fd(fd)) {
-                    return Err(TenderError::FdShared(fd));
+                    return Err(TenderError::FdShared(InheritError::Shared(fd)));
                 }
                 inherit::check_ready(fd)?;
                 Some(inherit::claim(fd, inherit::READY_FLAG)?)
