@@ -4,7 +4,7 @@
 
 use crate::config::{self, Config, ServiceSpec};
 use crate::instance::{self, Exit, Hooks, Instance, Phase};
-use crate::logs::{LogRing, Source};
+use crate::logs::{LogRing, LogStore, Source};
 use crate::metrics::ServiceMetrics;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -286,6 +286,8 @@ pub struct Daemon {
     pub config_path: PathBuf,
     /// When kilnd started.
     pub started: Instant,
+    /// The logs of all services, under one budget.
+    logs: Arc<LogStore>,
     services: Mutex<BTreeMap<String, Arc<Service>>>,
     reload_lock: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
@@ -300,6 +302,7 @@ impl Daemon {
             verbosity,
             config_path,
             started: Instant::now(),
+            logs: LogStore::standard(),
             services: Mutex::new(BTreeMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
@@ -405,7 +408,7 @@ impl Daemon {
         let bound = listener.local_addr().unwrap_or(spec.listen);
         let svc = Arc::new(Service {
             spec,
-            logs: Arc::new(LogRing::default()),
+            logs: Arc::new(self.logs.ring()),
             metrics: Arc::new(ServiceMetrics::default()),
             bound,
             listener: listener.clone(),

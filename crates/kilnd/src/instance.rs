@@ -3,11 +3,12 @@
 //! here), and whose READY hypercall arrives as a byte on a pipe.
 
 use crate::config::ServiceSpec;
-use crate::logs::{unix_ms, LineSplitter, LogRing, Source};
+use crate::logs::{unix_ms, LineSplitter, LogRing, Piece, Source};
 use crate::metrics::ServiceMetrics;
 use kiln_peer::{LinkConfig, PeerHandle};
+use kilnd_api::term::escape_controls;
 use serde::Serialize;
-use std::io;
+use std::io::{self, IsTerminal};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -404,11 +405,18 @@ async fn copy_lines(
 ) {
     let mut split = LineSplitter::default();
     let mut buf = vec![0u8; 4096];
-    let mut emit = |line: &str| {
+    // Guest text on a terminal is shown, not obeyed.
+    let escape = verbose && std::io::stderr().is_terminal();
+    let mut emit = |piece: Piece<'_>| {
         if verbose {
-            eprintln!("{service}#{id}: {line}");
+            let text = piece.text();
+            if escape {
+                eprintln!("{service}#{id}: {}", escape_controls(&text));
+            } else {
+                eprintln!("{service}#{id}: {text}");
+            }
         }
-        logs.push(id, source, line);
+        logs.push_piece(id, source, piece);
     };
     loop {
         match stream.read(&mut buf).await {

@@ -1,6 +1,6 @@
 //! A real kilnd with real images, driven over its API and real TCP.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -63,6 +63,17 @@ pub fn probe_service(name: &str, tender: &str, extra: &str) -> String {
     )
 }
 
+/// How [`Kilnd::launch`] starts kilnd.
+#[derive(Default)]
+pub struct Opts {
+    /// `--api` [default: unix:DIR/api.sock, which [`Kilnd::call`] uses].
+    pub api: Option<String>,
+    /// Without `--verbose` (instances' output is not echoed).
+    pub quiet: bool,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+}
+
 /// A running kilnd.
 pub struct Kilnd {
     pub child: Child,
@@ -84,15 +95,30 @@ impl Kilnd {
 
     /// Starts kilnd on an existing file.
     pub fn start_in(dir: PathBuf, config: PathBuf) -> Kilnd {
+        Self::launch(dir, config, &Opts::default())
+    }
+
+    /// Starts kilnd on an existing file with `opts`.
+    pub fn launch(dir: PathBuf, config: PathBuf, opts: &Opts) -> Kilnd {
         let api = dir.join("api.sock");
-        let mut child = Command::new(kilnd_bin())
-            .arg("--config")
+        let mut cmd = Command::new(kilnd_bin());
+        cmd.arg("--config")
             .arg(&config)
             .arg("--api")
-            .arg(format!("unix:{}", api.display()))
+            .arg(
+                opts.api
+                    .clone()
+                    .unwrap_or_else(|| format!("unix:{}", api.display())),
+            )
             .arg("--kiln")
-            .arg(kiln_bin())
-            .arg("--verbose")
+            .arg(kiln_bin());
+        if !opts.quiet {
+            cmd.arg("--verbose");
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
