@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 /// newline until `bytes` are out.
 fn flood_service(name: &str, line: &str, bytes: usize) -> String {
     format!(
-        "[[service]]\nname = \"{name}\"\nimage = \"{}\"\nlisten = \"127.0.0.1:0\"\nguest_port = 80\ntender = \"spt\"\nmemory = \"16M\"\nidle_timeout = \"600s\"\nenv = {{ FLOOD_LINE = \"{line}\", FLOOD_BYTES = \"{bytes}\" }}\n",
+        "[[service]]\nname = \"{name}\"\nimage = \"{}\"\nlisten = \"127.0.0.1:0\"\nguest_port = 80\ntender = \"spt\"\nmemory = \"16M\"\nidle_timeout = \"600s\"\nready_timeout = \"300s\"\nenv = {{ FLOOD_LINE = \"{line}\", FLOOD_BYTES = \"{bytes}\" }}\n",
         image("tests/images/console-flood").display()
     )
 }
