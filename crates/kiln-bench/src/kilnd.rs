@@ -11,8 +11,13 @@
 //! * **density**: many warm idle instances of examples/http; memory per
 //!   instance from the tenders' RSS and PSS and from the host's
 //!   MemAvailable (which also sees kernel memory: page tables, KVM, socket
-//!   buffers), and kilnd's own growth; a sample of instances is asked for a
-//!   page to show they are real.
+//!   buffers), kilnd's own growth and the descriptors it holds per
+//!   instance; a sample of instances is asked for a page to show they are
+//!   real.
+//!
+//! No kilnd outlives a run: each is stopped when its [`Daemon`] is dropped
+//! (every return, error or panic), and gets SIGTERM from the kernel if
+//! kiln-bench itself dies (Ctrl-C, a signal), which stops its instances.
 //!
 //! Usage: `kiln-bench kilnd [--kilnd PATH] [--kiln PATH] [--image PATH]
 //! [--native PATH] [--runs N] [--burst N] [--density N] [--tender T]...
@@ -100,11 +105,30 @@ struct Svc(SocketAddr, usize, Vec<u32>);
 /// One part of the benchmark.
 type Step = fn(&Opts) -> Result<(), String>;
 
-/// A kilnd running a generated configuration.
+/// A kilnd running a generated configuration; stopped when dropped.
 struct Daemon {
     child: Child,
     api: PathBuf,
     dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SIGTERM: kilnd stops its instances and exits; SIGKILL if it does
+        // not within a minute (its tenders die with it then).
+        // SAFETY: kill on our own child, which has not been reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Daemon {
@@ -116,7 +140,28 @@ impl Daemon {
         let config = dir.join("services.toml");
         std::fs::write(&config, services).map_err(|e| e.to_string())?;
         let api = dir.join("api.sock");
-        let mut child = Command::new(&o.kilnd)
+        let mut cmd = Command::new(&o.kilnd);
+        {
+            use std::os::unix::process::CommandExt;
+            let parent = std::process::id();
+            // SAFETY: prctl and getppid are async-signal-safe and touch
+            // only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // kiln-bench dies (even by SIGKILL): kilnd is told to
+                    // stop. Spawned from the main thread, which lives as
+                    // long as the process.
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if libc::getppid() as u32 != parent {
+                        libc::_exit(1);
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .arg("--config")
             .arg(&config)
             .arg("--api")
@@ -142,6 +187,8 @@ impl Daemon {
                 }
             }
         });
+        // From here on, dropping it stops it.
+        let d = Daemon { child, api, dir };
         let mut said = Vec::new();
         loop {
             match rx.recv_timeout(Duration::from_secs(300)) {
@@ -150,7 +197,7 @@ impl Daemon {
                 Err(_) => return Err(format!("kilnd did not start: {}", said.join(" / "))),
             }
         }
-        Ok(Daemon { child, api, dir })
+        Ok(d)
     }
 
     fn call(&self, method: &str, path: &str) -> Result<String, String> {
@@ -197,11 +244,24 @@ impl Daemon {
             .collect())
     }
 
-    fn stop(mut self) {
-        // SAFETY: kill on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+    fn stop(self) {
+        drop(self);
+    }
+
+    /// Why kilnd refused instances lately, if it did (one example).
+    fn refusal(&self) -> Option<String> {
+        let body = self.call("GET", "/v1/services").ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v.as_array()?
+            .iter()
+            .filter(|s| s["last_refusal"]["what"] == "instance")
+            .find_map(|s| {
+                Some(format!(
+                    "{}: {}",
+                    s["name"].as_str()?,
+                    s["last_refusal"]["message"].as_str()?
+                ))
+            })
     }
 }
 
@@ -368,6 +428,11 @@ fn spawn_rate(o: &Opts) -> Result<(), String> {
     Ok(())
 }
 
+/// Descriptors a process holds.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
 fn mem_available_kib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -397,8 +462,8 @@ fn density(o: &Opts) -> Result<(), String> {
         "## Density: {n} idle warm instances of {} (8 MiB guest memory each)\n",
         o.image.display()
     );
-    println!("| tender | start-up of all | tender RSS / instance | tender PSS / instance | host memory / instance (MemAvailable) | kilnd / instance | sampled answers |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| tender | start-up of all | tender RSS / instance | tender PSS / instance | host memory / instance (MemAvailable) | kilnd / instance | kilnd descriptors: all (per instance) | sampled answers |");
+    println!("|---|---|---|---|---|---|---|---|");
     for tender in &o.tenders {
         let cfg: String = (0..n)
             .map(|i| {
@@ -417,20 +482,30 @@ fn density(o: &Opts) -> Result<(), String> {
         let base = Daemon::start(o, &format!("dens0-{tender}"), &cold_cfg)?;
         std::thread::sleep(Duration::from_millis(500));
         let kilnd_base = rss_pss_kib(base.child.id()).0;
+        let fds_base = open_fds(base.child.id());
         base.stop();
         std::thread::sleep(Duration::from_millis(500));
         let avail0 = mem_available_kib();
         let t0 = Instant::now();
         let d = Daemon::start(o, &format!("dens-{tender}"), &cfg)?;
         let deadline = Instant::now() + Duration::from_secs(600);
+        let (mut last, mut progress) = (0, Instant::now());
         let services = loop {
             let s = d.services()?;
             let ready = s.iter().filter(|s| !s.2.is_empty()).count();
             if ready == n {
                 break s;
             }
-            if Instant::now() > deadline {
-                return Err(format!("{ready} of {n} instances ready after 10 minutes"));
+            if ready > last {
+                (last, progress) = (ready, Instant::now());
+            }
+            if Instant::now() > deadline || progress.elapsed() > Duration::from_secs(60) {
+                return Err(format!(
+                    "{ready} of {n} instances ready after {:.0} s; {}",
+                    t0.elapsed().as_secs_f64(),
+                    d.refusal()
+                        .unwrap_or_else(|| "kilnd refused no instance".into())
+                ));
             }
             std::thread::sleep(Duration::from_millis(200));
         };
@@ -446,23 +521,25 @@ fn density(o: &Opts) -> Result<(), String> {
             }
         }
         let kilnd_rss = rss_pss_kib(d.child.id()).0;
+        let fds = open_fds(d.child.id());
         let step = (services.len() / 50).max(1);
         let sample: Vec<&SocketAddr> = services.iter().step_by(step).map(|s| &s.0).collect();
         let ok = sample.iter().filter(|a| first_byte(***a).is_ok()).count();
         let per = |kib: u64| kib as f64 / n as f64 / 1024.0;
         println!(
-            "| {tender} | {:.1} s | {:.2} MiB | {:.2} MiB | {:.2} MiB | {:.3} MiB | {ok}/{} |",
+            "| {tender} | {:.1} s | {:.2} MiB | {:.2} MiB | {:.2} MiB | {:.3} MiB | {fds} ({:.2}) | {ok}/{} |",
             startup.as_secs_f64(),
             per(rss),
             per(pss),
             per(avail0.saturating_sub(avail1)),
             per(kilnd_rss.saturating_sub(kilnd_base)),
+            fds.saturating_sub(fds_base) as f64 / n as f64,
             sample.len()
         );
         d.stop();
         std::thread::sleep(Duration::from_secs(2));
     }
-    println!("\n(host memory per instance counts everything the host gave up: tender processes, kernel page tables and KVM state, socket buffers, and kilnd's growth.)\n");
+    println!("\n(host memory per instance counts everything the host gave up: tender processes, kernel page tables and KVM state, socket buffers, and kilnd's growth. kilnd's descriptors: all it holds with every instance running, and per instance beyond the same kilnd with no instance running, which already holds one listener per service.)\n");
     Ok(())
 }
 

@@ -12,11 +12,13 @@
 //! `kiln-bench http ...` measures HTTP serving instead (see `http.rs`),
 //! `kiln-bench kilnd ...` kilnd's cold first request, spawn rate and density
 //! (see `kilnd.rs`), `kiln-bench ready ...` the time to READY as kilnd
-//! starts instances (see `ready.rs`).
+//! starts instances (see `ready.rs`), `kiln-bench peer ...` what kilnd's
+//! protection of an instance's link costs per frame (see `peer.rs`).
 //! `bench/run` builds everything and calls it.
 
 mod http;
 mod kilnd;
+mod peer;
 mod proc;
 mod ready;
 
@@ -86,6 +88,7 @@ fn main() {
         Some("http") => std::process::exit(http::main(std::env::args().skip(2).collect())),
         Some("kilnd") => std::process::exit(kilnd::main(std::env::args().skip(2).collect())),
         Some("ready") => std::process::exit(ready::main(std::env::args().skip(2).collect())),
+        Some("peer") => std::process::exit(peer::main(std::env::args().skip(2).collect())),
         _ => {}
     }
     let args = match parse_args() {

@@ -214,6 +214,15 @@ pub fn ps_table(v: &Value) -> String {
                 mib(i["rss_bytes"].as_u64().unwrap_or(0)),
             ]);
         }
+        if let Some(r) = s["last_refusal"].as_object() {
+            notes.push(format!(
+                "{name}: {} ({} ago)",
+                r.get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("refused"),
+                ago(now.saturating_sub(r.get("unix_ms").and_then(Value::as_u64).unwrap_or(now)))
+            ));
+        }
         if let Some(last) = s["recent_exits"].as_array().and_then(|a| a.last()) {
             if last["crashed"].as_bool() == Some(true) {
                 notes.push(format!(
@@ -371,7 +380,9 @@ mod tests {
                  "connections_active": 1, "connections_total": 7, "rss_bytes": 2097152}
             ], "recent_exits": []},
             {"name": "db", "tender": "hvt", "requests": 1, "instances": [],
-             "recent_exits": [{"instance": 2, "crashed": true, "reason": "crashed (status 139)", "unix_ms": 0}]}
+             "recent_exits": [{"instance": 2, "crashed": true, "reason": "crashed (status 139)", "unix_ms": 0}],
+             "last_refusal": {"what": "instance", "reason": "descriptors",
+                              "message": "new instance refused: kilnd holds 150 of its 160 descriptors", "unix_ms": 0}}
         ]);
         let t = ps_table(&v);
         let lines: Vec<&str> = t.lines().collect();
@@ -383,7 +394,11 @@ mod tests {
         );
         assert!(lines[2].contains("db") && lines[2].contains("idle"), "{t}");
         assert!(
-            lines[3].contains("#2") && lines[3].contains("status 139"),
+            lines[3].contains("db: new instance refused") && lines[3].contains("descriptors"),
+            "{t}"
+        );
+        assert!(
+            lines[4].contains("#2") && lines[4].contains("status 139"),
             "{t}"
         );
     }

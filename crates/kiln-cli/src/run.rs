@@ -126,23 +126,16 @@ fn parse_disk(s: &str) -> Result<(String, PathBuf), String> {
 /// Checks the inherited descriptors the flags name (`--net fd:N`,
 /// `--ready-fd N`) before kiln opens anything itself, so that a number
 /// that passes names the parent's descriptor and not one of kiln's.
-fn check_inherited(args: &RunArgs) -> Result<(), String> {
-    let mut net_fds: Vec<RawFd> = Vec::new();
-    for a in &args.net {
-        if let Backend::Fd(fd) = a.backend {
-            inherit::check_frame_socket(fd).map_err(|e| e.to_string())?;
-            net_fds.push(fd);
-        }
-    }
-    if let Some(fd) = args.ready_fd {
-        if net_fds.contains(&fd) {
-            return Err(format!(
-                "descriptor {fd} is given both as --ready-fd {fd} and as --net fd:{fd}"
-            ));
-        }
-        inherit::check_ready(fd).map_err(|e| e.to_string())?;
-    }
-    Ok(())
+fn check_inherited(args: &RunArgs) -> Result<(), inherit::InheritError> {
+    let net: Vec<RawFd> = args
+        .net
+        .iter()
+        .filter_map(|a| match a.backend {
+            Backend::Fd(fd) => Some(fd),
+            _ => None,
+        })
+        .collect();
+    inherit::check_inherited(&inherit::Kernel, &net, args.ready_fd)
 }
 
 /// Runs the image; returns only when it could not be started (the tender

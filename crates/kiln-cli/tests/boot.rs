@@ -267,6 +267,38 @@ fn block_device_reads_back_what_it_wrote() {
     assert!(r.stderr.contains("no --disk data=FILE"), "{r:?}");
 }
 
+/// Disks smaller than the 4096-byte host piece and disks whose size is not
+/// a multiple of it: every transfer the image makes, up to the last byte,
+/// passes the tender's pinned pread64/pwrite64 rules, and the file keeps
+/// its size.
+#[test]
+fn block_transfers_reach_the_end_of_disks_of_any_size() {
+    let img = image("tests/images/block-edge");
+    let dir = common::root().join("target/kiln-test-disks");
+    std::fs::create_dir_all(&dir).unwrap();
+    for t in tenders() {
+        for size in [512usize, 2560, 4096, 4608, 12800] {
+            let disk = dir.join(format!("edge-{t}-{size}.img"));
+            std::fs::write(&disk, vec![0u8; size]).unwrap();
+            let arg = format!("data={}", disk.display());
+            let r = run(t, &img, &["--disk", &arg], &[]);
+            let on_disk = std::fs::read(&disk).unwrap();
+            let _ = std::fs::remove_file(&disk);
+            assert_eq!(r.status, 0, "{t}, {size} bytes: {r:?}");
+            assert!(
+                r.stdout.contains(&format!("block edge ok {size}")),
+                "{t}, {size} bytes: {r:?}"
+            );
+            assert_eq!(on_disk.len(), size, "{t}: the disk changed size");
+            let want: Vec<u8> = (0..size - 512)
+                .map(|i| (i * 13 + 5) as u8)
+                .chain(std::iter::repeat_n(0x5a, 512))
+                .collect();
+            assert!(on_disk == want, "{t}, {size} bytes: wrong bytes on disk");
+        }
+    }
+}
+
 #[test]
 fn socket_api_works_over_the_in_image_loopback() {
     let img = image("tests/images/net-loopback");

@@ -186,7 +186,7 @@ impl Instance {
                 doorbell: shared.doorbell.as_raw_fd(),
                 wake: shared.wake.as_raw_fd(),
             };
-            let filter = seccomp::build_io(&host.net_fds(), fds)?;
+            let filter = seccomp::build_io(&host.sandbox_fds().nets, fds)?;
             let thread = start_io_thread(shared.clone(), filter)?;
             Some((shared, thread))
         } else {
@@ -283,7 +283,6 @@ impl Instance {
     pub fn sandbox(&mut self) -> Result<(), HvtError> {
         let start = Instant::now();
         seccomp::install_reporter()?;
-        let net_fds = self.host.net_fds();
         let ring_fds = self.rings.as_ref().map(|r| RingFds {
             doorbell: r.shared.doorbell.as_raw_fd(),
             wake: r.shared.wake.as_raw_fd(),
@@ -291,13 +290,7 @@ impl Instance {
         if let Some(r) = &self.rings {
             r.thread.wait_confined()?;
         }
-        let filter = seccomp::build(
-            self.vcpu.as_raw_fd(),
-            &self.host.fds(),
-            &net_fds,
-            self.host.ready_fd(),
-            ring_fds,
-        )?;
+        let filter = seccomp::build(self.vcpu.as_raw_fd(), &self.host.sandbox_fds(), ring_fds)?;
         seccomp::install_thread(&filter)?;
         self.timings.seccomp = start.elapsed();
         Ok(())

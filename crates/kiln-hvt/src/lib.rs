@@ -28,7 +28,7 @@
 //! Network devices work two ways. Through the hypercalls NET_READ,
 //! NET_WRITE and POLL (one exit each, served by [`kiln_tender::dispatch`]),
 //! and, once the image calls NET_RINGS for a device, through two
-//! shared-memory rings in guest memory (`rings`): the device then leaves
+//! shared-memory rings in guest memory ([`rings`]): the device then leaves
 //! the hypercall path and belongs to a per-instance I/O thread (`io`), which
 //! moves frames between the backend and the rings, checking every index and
 //! length the guest wrote. The guest kicks the thread after a batch of
@@ -74,7 +74,9 @@ pub mod layout;
 mod memory;
 mod monitor;
 mod paging;
-mod rings;
+// Public for the `net_rings` fuzz target and the `ring_bench` example,
+// which drive the ring code without a VM.
+pub mod rings;
 mod seccomp;
 mod vcpu;
 mod x86;

@@ -18,8 +18,14 @@
 //! stores, issues a full fence, then loads the other side's word, so at
 //! least one of them sees the other.
 //!
+//! The rings reach guest memory only through [`RingMemory`]: hvt's
+//! `GuestMemoryMmap` in production, and memory whose contents a test or
+//! the `net_rings` fuzz target controls ([`VecRingMemory`]), so the same
+//! code is driven by both.
+//!
 //! Nothing here allocates: it runs on the I/O thread under seccomp.
 
+use std::cell::RefCell;
 use std::sync::atomic::{fence, Ordering};
 
 use kiln_abi::{
@@ -27,7 +33,7 @@ use kiln_abi::{
     NET_RING_WANTS_KICK, NET_SLOT_FRAME, NET_SLOT_FRAME_MAX, NET_SLOT_SIZE, PAGE_SIZE,
 };
 use kiln_tender::net::{NetDevice, Sent};
-use kiln_tender::Violation;
+use kiln_tender::{MemError, Violation};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::layout::Mapping;
@@ -105,6 +111,130 @@ pub fn check_placement(
         }
     }
     Ok(())
+}
+
+/// The guest memory rings live in, as the ring code needs it: 32-bit
+/// words loaded and stored with an ordering (the guest runs on another
+/// CPU while the tender reads and writes), and frames copied in and out.
+/// It takes `&self` for writes because the vCPU thread and the I/O thread
+/// share it. (kiln-tender's `GuestMemory` is the hypercall path's view:
+/// checked against the image's rights, one thread, no ordering.)
+///
+/// The rings only ever pass addresses inside rings that
+/// [`check_placement`] accepted; an error here is a tender bug
+/// ([`RingError::Memory`]), not the guest's doing.
+pub trait RingMemory {
+    /// Loads the word at `addr`.
+    fn load(&self, addr: u64, order: Ordering) -> Result<u32, MemError>;
+    /// Stores `value` at `addr`.
+    fn store(&self, addr: u64, value: u32, order: Ordering) -> Result<(), MemError>;
+    /// Copies `buf.len()` bytes at `addr` into `buf`.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError>;
+    /// Copies `data` to `addr`.
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemError>;
+}
+
+/// hvt's guest memory.
+impl RingMemory for GuestMemoryMmap {
+    fn load(&self, addr: u64, order: Ordering) -> Result<u32, MemError> {
+        Bytes::load(self, GuestAddress(addr), order).map_err(|_| MemError {
+            addr,
+            len: 4,
+            write: false,
+        })
+    }
+    fn store(&self, addr: u64, value: u32, order: Ordering) -> Result<(), MemError> {
+        Bytes::store(self, value, GuestAddress(addr), order).map_err(|_| MemError {
+            addr,
+            len: 4,
+            write: true,
+        })
+    }
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.read_slice(buf, GuestAddress(addr))
+            .map_err(|_| MemError {
+                addr,
+                len: buf.len() as u64,
+                write: false,
+            })
+    }
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemError> {
+        self.write_slice(data, GuestAddress(addr))
+            .map_err(|_| MemError {
+                addr,
+                len: data.len() as u64,
+                write: true,
+            })
+    }
+}
+
+/// Guest memory held in vectors, one per area (`base`, contents): for
+/// tests and the fuzz target, which put rings in it and play the guest.
+/// Anything outside the areas is refused, so a test sees any access
+/// outside the rings as [`RingError::Memory`]. Single-threaded: orderings
+/// are moot.
+#[derive(Debug, Default)]
+pub struct VecRingMemory {
+    areas: Vec<(u64, RefCell<Vec<u8>>)>,
+}
+
+impl VecRingMemory {
+    /// Memory made of zeroed areas of `len` bytes at each `base`.
+    pub fn new(areas: &[(u64, usize)]) -> Self {
+        VecRingMemory {
+            areas: areas
+                .iter()
+                .map(|&(base, len)| (base, RefCell::new(vec![0; len])))
+                .collect(),
+        }
+    }
+
+    /// Runs `f` on the bytes of `[addr, addr + len)`, if one area holds
+    /// them all.
+    fn with<R>(
+        &self,
+        addr: u64,
+        len: usize,
+        write: bool,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<R, MemError> {
+        let err = MemError {
+            addr,
+            len: len as u64,
+            write,
+        };
+        for (base, bytes) in &self.areas {
+            let Some(start) = addr.checked_sub(*base) else {
+                continue;
+            };
+            let mut bytes = bytes.borrow_mut();
+            let Some(end) = start
+                .checked_add(len as u64)
+                .filter(|&e| e <= bytes.len() as u64)
+            else {
+                continue;
+            };
+            return Ok(f(&mut bytes[start as usize..end as usize]));
+        }
+        Err(err)
+    }
+}
+
+impl RingMemory for VecRingMemory {
+    fn load(&self, addr: u64, _: Ordering) -> Result<u32, MemError> {
+        self.with(addr, 4, false, |b| {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        })
+    }
+    fn store(&self, addr: u64, value: u32, _: Ordering) -> Result<(), MemError> {
+        self.with(addr, 4, true, |b| b.copy_from_slice(&value.to_le_bytes()))
+    }
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        self.with(addr, buf.len(), false, |b| buf.copy_from_slice(b))
+    }
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), MemError> {
+        self.with(addr, data.len(), true, |b| b.copy_from_slice(data))
+    }
 }
 
 /// Why ring work stopped.
@@ -208,7 +338,7 @@ impl Rings {
     }
 
     /// Writes the tender's words of both headers (indices start at 0).
-    pub fn reset(&self, mem: &GuestMemoryMmap) -> Result<(), RingError> {
+    pub fn reset(&self, mem: &impl RingMemory) -> Result<(), RingError> {
         store(mem, self.pair.rx + NET_RING_PRODUCER, 0, Ordering::Release)?;
         store(
             mem,
@@ -228,7 +358,7 @@ impl Rings {
     /// in the ring (`stalled`).
     pub fn drain_tx(
         &mut self,
-        mem: &GuestMemoryMmap,
+        mem: &impl RingMemory,
         port: &mut impl FramePort,
     ) -> Result<TxPass, RingError> {
         let tx = self.pair.tx;
@@ -258,7 +388,7 @@ impl Rings {
                 // refuses it with EINVAL.
                 None => pass.dropped += 1,
                 Some(buf) => {
-                    mem.read_slice(buf, GuestAddress(slot + NET_SLOT_FRAME))
+                    mem.read(slot + NET_SLOT_FRAME, buf)
                         .map_err(|_| RingError::Memory(slot))?;
                     match port.send(len as usize) {
                         Sent::Ok => pass.sent += 1,
@@ -291,7 +421,7 @@ impl Rings {
     /// caller then stops reading the backend until the guest kicks.
     pub fn fill_rx(
         &mut self,
-        mem: &GuestMemoryMmap,
+        mem: &impl RingMemory,
         port: &mut impl FramePort,
     ) -> Result<RxPass, RingError> {
         let rx = self.pair.rx;
@@ -317,7 +447,7 @@ impl Rings {
                     // `recv` never hands over more than `cap` bytes; the
                     // slot holds `frame_max` at least.
                     let frame = frame.get(..cap).unwrap_or(frame);
-                    mem.write_slice(frame, GuestAddress(slot + NET_SLOT_FRAME))
+                    mem.write(slot + NET_SLOT_FRAME, frame)
                         .map_err(|_| RingError::Memory(slot))?;
                     store(mem, slot, frame.len() as u32, Ordering::Relaxed)
                 });
@@ -370,7 +500,7 @@ impl Rings {
 /// leaves more than a ring's worth of frames is a violation, not a reason to
 /// answer every POLL at once (which would let a guest spin the vCPU thread
 /// with no I/O thread ever looking at the ring).
-pub fn rx_pending(mem: &GuestMemoryMmap, device: u64, rx: u64) -> Result<bool, RingError> {
+pub fn rx_pending(mem: &impl RingMemory, device: u64, rx: u64) -> Result<bool, RingError> {
     let producer = load(mem, rx + NET_RING_PRODUCER, Ordering::Acquire)?;
     let consumer = load(mem, rx + NET_RING_CONSUMER, Ordering::Acquire)?;
     let used = u64::from(producer.wrapping_sub(consumer));
@@ -387,7 +517,7 @@ pub fn rx_pending(mem: &GuestMemoryMmap, device: u64, rx: u64) -> Result<bool, R
 
 /// Whether the guest waits for room in the transmit ring at `tx` and there
 /// is some (for POLL).
-pub fn tx_room_awaited(mem: &GuestMemoryMmap, tx: u64) -> bool {
+pub fn tx_room_awaited(mem: &impl RingMemory, tx: u64) -> bool {
     let wants = load(mem, tx + NET_RING_WANTS_KICK, Ordering::Acquire);
     let producer = load(mem, tx + NET_RING_PRODUCER, Ordering::Acquire);
     let consumer = load(mem, tx + NET_RING_CONSUMER, Ordering::Acquire);
@@ -399,13 +529,12 @@ fn slot_addr(ring: u64, index: u32) -> u64 {
     ring + NET_RING_SLOT0 + (u64::from(index) % NET_RING_SLOTS) * NET_SLOT_SIZE
 }
 
-fn load(mem: &GuestMemoryMmap, addr: u64, order: Ordering) -> Result<u32, RingError> {
-    mem.load::<u32>(GuestAddress(addr), order)
-        .map_err(|_| RingError::Memory(addr))
+fn load(mem: &impl RingMemory, addr: u64, order: Ordering) -> Result<u32, RingError> {
+    mem.load(addr, order).map_err(|_| RingError::Memory(addr))
 }
 
-fn store(mem: &GuestMemoryMmap, addr: u64, value: u32, order: Ordering) -> Result<(), RingError> {
-    mem.store(value, GuestAddress(addr), order)
+fn store(mem: &impl RingMemory, addr: u64, value: u32, order: Ordering) -> Result<(), RingError> {
+    mem.store(addr, value, order)
         .map_err(|_| RingError::Memory(addr))
 }
 
@@ -461,20 +590,19 @@ mod tests {
         (mem, r)
     }
 
-    fn put(mem: &GuestMemoryMmap, addr: u64, v: u32) {
-        mem.store(v, GuestAddress(addr), Ordering::Release).unwrap();
+    fn put(mem: &impl RingMemory, addr: u64, v: u32) {
+        RingMemory::store(mem, addr, v, Ordering::Release).unwrap();
     }
 
-    fn get(mem: &GuestMemoryMmap, addr: u64) -> u32 {
-        mem.load(GuestAddress(addr), Ordering::Acquire).unwrap()
+    fn get(mem: &impl RingMemory, addr: u64) -> u32 {
+        RingMemory::load(mem, addr, Ordering::Acquire).unwrap()
     }
 
     /// The guest's side of a transmit: frame into slot, then producer.
-    fn guest_send(mem: &GuestMemoryMmap, index: u32, frame: &[u8]) {
+    fn guest_send(mem: &impl RingMemory, index: u32, frame: &[u8]) {
         let slot = slot_addr(TX, index);
         put(mem, slot, frame.len() as u32);
-        mem.write_slice(frame, GuestAddress(slot + NET_SLOT_FRAME))
-            .unwrap();
+        RingMemory::write(mem, slot + NET_SLOT_FRAME, frame).unwrap();
         put(mem, TX + NET_RING_PRODUCER, index.wrapping_add(1));
     }
 
@@ -650,6 +778,64 @@ mod tests {
         assert!(tx_room_awaited(&mem, TX));
         put(&mem, TX + NET_RING_PRODUCER, 256);
         assert!(!tx_room_awaited(&mem, TX), "still full");
+    }
+
+    fn is_violation<T: std::fmt::Debug>(r: Result<T, RingError>) -> bool {
+        matches!(r, Err(RingError::Violation(_)))
+    }
+
+    /// Memory that holds the two rings and nothing else: every ring
+    /// operation, on good and on hostile indices and lengths, stays inside
+    /// them (an access outside would be `RingError::Memory`).
+    #[test]
+    fn ring_work_touches_only_the_rings() {
+        let mem = VecRingMemory::new(&[(RX, NET_RING_SIZE as usize), (TX, NET_RING_SIZE as usize)]);
+        let mut r = Rings::new(0, RingPair { rx: RX, tx: TX }, 1514);
+        r.reset(&mem).unwrap();
+        let mut port = Fake::default();
+        // Every slot three times over, the indices wrapping past 2^32.
+        r.tx_consumer = u32::MAX - 300;
+        r.rx_producer = u32::MAX - 300;
+        put(&mem, RX + NET_RING_CONSUMER, u32::MAX - 300);
+        for round in 0..3u32 {
+            for i in 0..256u32 {
+                let index = (u32::MAX - 300).wrapping_add(round * 256 + i);
+                guest_send(&mem, index, &[i as u8; 1514]);
+                port.incoming.push_back(vec![i as u8; 14 + i as usize]);
+            }
+            assert_eq!(r.drain_tx(&mem, &mut port).unwrap().sent, 256);
+            assert_eq!(r.fill_rx(&mem, &mut port).unwrap().produced, 256);
+            put(
+                &mem,
+                RX + NET_RING_CONSUMER,
+                get(&mem, RX + NET_RING_PRODUCER),
+            );
+            assert!(!rx_pending(&mem, 0, RX).unwrap());
+            assert!(!tx_room_awaited(&mem, TX));
+        }
+        // Hostile words end in violations, never in a stray access: a
+        // producer behind the consumer, an absurd frame length, a
+        // consumer ahead of the producer.
+        put(&mem, TX + NET_RING_PRODUCER, r.tx_consumer.wrapping_sub(1));
+        assert!(is_violation(r.drain_tx(&mem, &mut port)));
+        put(&mem, slot_addr(TX, r.tx_consumer), u32::MAX);
+        put(&mem, TX + NET_RING_PRODUCER, r.tx_consumer.wrapping_add(1));
+        assert!(is_violation(r.drain_tx(&mem, &mut port)));
+        let producer = get(&mem, RX + NET_RING_PRODUCER);
+        put(&mem, RX + NET_RING_CONSUMER, producer.wrapping_add(1));
+        port.incoming.push_back(vec![1; 60]);
+        assert!(is_violation(r.fill_rx(&mem, &mut port)));
+        assert!(is_violation(rx_pending(&mem, 0, RX)));
+        // And the memory does refuse what lies outside the rings.
+        assert_eq!(
+            RingMemory::load(&mem, RX - 4, Ordering::Relaxed),
+            Err(MemError {
+                addr: RX - 4,
+                len: 4,
+                write: false
+            })
+        );
+        assert!(RingMemory::write(&mem, TX + NET_RING_SIZE - 2, &[0; 4]).is_err());
     }
 
     #[test]

@@ -5,28 +5,30 @@
 //! the vCPU thread installs its filter and enters the guest).
 //!
 //! From then on the process does only what the run loop, the hypercall
-//! path and the ring I/O need. The vCPU thread's filter ([`build`]):
+//! path and the ring I/O need. The vCPU thread's filter ([`build`]) is the
+//! hypercall path's policy, the same spt confines itself with
+//! ([`kiln_tender::Policy::hypercall_path`]: `write` to stdout, stderr, the
+//! network backends with count ≤ what the device writes at once and the
+//! `--ready-fd` descriptor with count 1; `read` and `ppoll` on the
+//! backends; `pread64`/`pwrite64` on each disk with count 4096 or 512 and
+//! offset ≤ capacity − count; the two clocks; POLL's absolute monotonic
+//! sleep; `exit_group`; `rt_sigreturn`), plus what only the monitor needs:
 //!
 //! | system call       | restricted to                         | used by |
 //! |-------------------|---------------------------------------|---------|
 //! | `ioctl`           | the vCPU fd; `KVM_RUN`, `KVM_GET_REGS`, `KVM_GET_SREGS` | the run loop; reading the exception frame and CR2 after a fault |
-//! | `write`           | fds 1 and 2; the network backends' fds; the doorbell eventfd; the `--ready-fd` descriptor | CONSOLE_WRITE (stdout), the exit report and `-v` timings (stderr); NET_WRITE; handing a device to the I/O thread; READY's byte |
-//! | `read`            | the network backends' fds of [`kiln_tender::Host::net_fds`]; the wake eventfd | NET_READ; POLL draining the I/O thread's wake-ups |
-//! | `ppoll`           | no signal mask (argument 3 is null); only with network devices | POLL waiting on the backends or the wake eventfd |
-//! | `futex`           | private wait and wake; only with network devices | the lock on the hand-over to the I/O thread |
-//! | `pread64`, `pwrite64` | the block-device fds of [`kiln_tender::Host::fds`] | BLOCK_READ, BLOCK_WRITE |
-//! | `clock_gettime`   | —                                     | CLOCK, POLL and timings (normally served by the vDSO; allowed for hosts whose clock source forces the system call) |
-//! | `clock_nanosleep` | —                                     | POLL's sleep until its deadline |
-//! | `exit_group`      | —                                     | `kiln_tender::finish` |
-//! | `rt_sigreturn`    | —                                     | returning from a signal handler (SIGINT/SIGTERM with `-v`) |
+//! | `write`           | the doorbell eventfd, count 8 (with rings) | handing a device to the I/O thread |
+//! | `read`            | the wake eventfd, count 8 (with rings) | POLL draining the I/O thread's wake-ups |
+//! | `ppoll`           | signal mask null (with rings)         | POLL waiting on the wake eventfd |
+//! | `futex`           | private wait and wake (with rings)    | the lock on the hand-over to the I/O thread |
 //!
-//! The I/O thread's filter ([`build_io`]) has no `ioctl` at all:
+//! The I/O thread's filter ([`build_io`]) has no `ioctl` and no disk at all:
 //!
 //! | system call       | restricted to                         | used by |
 //! |-------------------|---------------------------------------|---------|
-//! | `read`            | the network backends' fds; the doorbell eventfd | frames in; kicks |
-//! | `write`           | fd 2; the network backends' fds; the wake eventfd | reports (a device that went down, a ring violation); frames out; waking POLL |
-//! | `ppoll`           | no signal mask                        | waiting for kicks and backends |
+//! | `read`            | the network backends' fds; the doorbell eventfd (count 8) | frames in; kicks |
+//! | `write`           | fd 2; the network backends' fds (count ≤ the device's largest write); the wake eventfd (count 8) | reports (a device that went down, a ring violation); frames out; waking POLL |
+//! | `ppoll`           | signal mask null                      | waiting for kicks and backends |
 //! | `futex`           | private wait and wake                 | the hand-over lock |
 //! | `exit_group`, `rt_sigreturn` | —                          | ending the instance; signal handlers |
 //!
@@ -36,13 +38,11 @@
 //! the process with [`kiln_abi::EXIT_CRASHED`] (the same effect as killing
 //! it, plus a diagnosis).
 
-use std::collections::BTreeMap;
 use std::os::fd::RawFd;
 
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
+use kiln_tender::policy::{Cond, NetFd, PolicyError, Rule};
+use kiln_tender::{HostFds, Policy};
+use seccompiler::BpfProgram;
 
 /// The sandbox could not be built or installed.
 #[derive(Debug, thiserror::Error)]
@@ -50,9 +50,9 @@ pub enum SeccompError {
     /// The kernel refused the filter.
     #[error("cannot install the seccomp filter")]
     Filter(#[from] seccompiler::Error),
-    /// seccompiler rejected the rules.
-    #[error("cannot compile the seccomp filter")]
-    Backend(#[from] seccompiler::BackendError),
+    /// The policy could not be compiled.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     /// `sigaction(SIGSYS)` failed.
     #[error("cannot install the SIGSYS handler")]
     Handler(#[source] std::io::Error),
@@ -77,21 +77,6 @@ pub const KVM_GET_REGS: u64 = ior(0x81, std::mem::size_of::<kvm_bindings::kvm_re
 /// `KVM_GET_SREGS`.
 pub const KVM_GET_SREGS: u64 = ior(0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>());
 
-fn eq(arg: u8, value: u64) -> Result<SeccompCondition, seccompiler::BackendError> {
-    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
-}
-
-/// One rule per allowed value of argument `arg`.
-fn any_of(
-    arg: u8,
-    values: impl IntoIterator<Item = u64>,
-) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
-    values
-        .into_iter()
-        .map(|v| SeccompRule::new(vec![eq(arg, v)?]))
-        .collect()
-}
-
 /// The descriptors of an instance's network rings.
 #[derive(Debug, Clone, Copy)]
 pub struct RingFds {
@@ -108,94 +93,77 @@ const FUTEX_OPS: [u64; 3] = [
     (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as u64,
 ];
 
-fn fd_values(fds: &[RawFd]) -> impl Iterator<Item = u64> + Clone + '_ {
-    fds.iter().map(|&fd| fd as u64)
+/// Bytes of every eventfd read and write.
+const EVENTFD_COUNT: u64 = 8;
+
+/// An eventfd read or write on `fd`.
+fn eventfd(fd: RawFd) -> Rule {
+    Rule::fd(fd).eq64(2, "count", EVENTFD_COUNT)
 }
 
-/// Builds the filter for a run loop on `vcpu_fd` whose hypercalls use the
-/// block-device descriptors `disk_fds`, the network backends `net_fds` and
-/// READY's descriptor `ready_fd`, with the eventfds of the ring I/O thread
-/// when there is one.
+/// `ppoll` without a signal mask (all 64 bits of the pointer null).
+fn ppoll_without_mask() -> Rule {
+    Rule::new(vec![Cond::eq64(3, "sigmask", 0)])
+}
+
+fn allow_futex(p: &mut Policy) {
+    for op in FUTEX_OPS {
+        p.allow(libc::SYS_futex, Rule::new(vec![Cond::eq32(1, "op", op)]));
+    }
+}
+
+/// The vCPU thread's policy for a run loop on `vcpu_fd` whose hypercalls
+/// use the descriptors `fds`, with the eventfds of the ring I/O thread when
+/// there is one.
+pub fn vcpu_policy(vcpu_fd: RawFd, fds: &HostFds, rings: Option<RingFds>) -> Policy {
+    let mut p = Policy::hypercall_path(fds);
+    for req in [KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS] {
+        p.allow(libc::SYS_ioctl, Rule::fd(vcpu_fd).eq32(1, "request", req));
+    }
+    if let Some(r) = rings {
+        p.allow(libc::SYS_write, eventfd(r.doorbell));
+        p.allow(libc::SYS_read, eventfd(r.wake));
+        p.allow(libc::SYS_ppoll, ppoll_without_mask());
+        allow_futex(&mut p);
+    }
+    p
+}
+
+/// The network I/O thread's policy: it moves frames between the backends
+/// `nets` and the rings.
+pub fn io_policy(nets: &[NetFd], rings: RingFds) -> Policy {
+    let mut p = Policy::new();
+    for net in nets {
+        p.allow(libc::SYS_read, Rule::fd(net.fd));
+    }
+    p.allow(libc::SYS_read, eventfd(rings.doorbell));
+    p.allow(libc::SYS_write, Rule::fd(2));
+    for net in nets {
+        p.allow(
+            libc::SYS_write,
+            Rule::fd(net.fd).at_most(2, "count", net.largest_write),
+        );
+    }
+    p.allow(libc::SYS_write, eventfd(rings.wake));
+    p.allow(libc::SYS_ppoll, ppoll_without_mask());
+    allow_futex(&mut p);
+    p.allow_any(libc::SYS_exit_group);
+    p.allow_any(libc::SYS_rt_sigreturn);
+    p
+}
+
+/// Builds the vCPU thread's filter (see [`vcpu_policy`]).
 pub fn build(
     vcpu_fd: RawFd,
-    disk_fds: &[RawFd],
-    net_fds: &[RawFd],
-    ready_fd: Option<RawFd>,
+    fds: &HostFds,
     rings: Option<RingFds>,
 ) -> Result<BpfProgram, SeccompError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    rules.insert(
-        libc::SYS_ioctl,
-        [KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS]
-            .into_iter()
-            .map(|req| SeccompRule::new(vec![eq(0, vcpu_fd as u64)?, eq(1, req)?]))
-            .collect::<Result<_, _>>()?,
-    );
-    let mut writable: Vec<u64> = vec![1, 2];
-    writable.extend(fd_values(net_fds));
-    writable.extend(ready_fd.map(|fd| fd as u64));
-    let mut readable: Vec<u64> = fd_values(net_fds).collect();
-    if let Some(r) = rings {
-        writable.push(r.doorbell as u64);
-        readable.push(r.wake as u64);
-    }
-    rules.insert(libc::SYS_write, any_of(0, writable)?);
-    if !readable.is_empty() {
-        rules.insert(libc::SYS_read, any_of(0, readable)?);
-    }
-    if !net_fds.is_empty() || rings.is_some() {
-        // ppoll's descriptors sit in memory, out of the filter's sight;
-        // the signal mask is pinned to none.
-        rules.insert(libc::SYS_ppoll, vec![SeccompRule::new(vec![eq(3, 0)?])?]);
-    }
-    if rings.is_some() {
-        rules.insert(libc::SYS_futex, any_of(1, FUTEX_OPS)?);
-    }
-    let disks = fd_values(disk_fds);
-    if disk_fds.is_empty() {
-        // No block device: no pread/pwrite at all.
-    } else {
-        rules.insert(libc::SYS_pread64, any_of(0, disks.clone())?);
-        rules.insert(libc::SYS_pwrite64, any_of(0, disks)?);
-    }
-    for unconditional in [
-        libc::SYS_clock_gettime,
-        libc::SYS_clock_nanosleep,
-        libc::SYS_exit_group,
-        libc::SYS_rt_sigreturn,
-    ] {
-        rules.insert(unconditional, Vec::new());
-    }
-    compile(rules)
+    Ok(vcpu_policy(vcpu_fd, fds, rings).compile()?)
 }
 
-/// Builds the filter of the network I/O thread, which moves frames between
-/// the backends `net_fds` and the rings.
-pub fn build_io(net_fds: &[RawFd], rings: RingFds) -> Result<BpfProgram, SeccompError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    let mut readable: Vec<u64> = fd_values(net_fds).collect();
-    readable.push(rings.doorbell as u64);
-    let mut writable: Vec<u64> = vec![2];
-    writable.extend(fd_values(net_fds));
-    writable.push(rings.wake as u64);
-    rules.insert(libc::SYS_read, any_of(0, readable)?);
-    rules.insert(libc::SYS_write, any_of(0, writable)?);
-    rules.insert(libc::SYS_ppoll, vec![SeccompRule::new(vec![eq(3, 0)?])?]);
-    rules.insert(libc::SYS_futex, any_of(1, FUTEX_OPS)?);
-    for unconditional in [libc::SYS_exit_group, libc::SYS_rt_sigreturn] {
-        rules.insert(unconditional, Vec::new());
-    }
-    compile(rules)
-}
-
-fn compile(rules: BTreeMap<i64, Vec<SeccompRule>>) -> Result<BpfProgram, SeccompError> {
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Trap,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )?;
-    Ok(filter.try_into()?)
+/// Builds the network I/O thread's filter (see [`io_policy`]).
+pub fn build_io(nets: &[NetFd], rings: RingFds) -> Result<BpfProgram, SeccompError> {
+    Ok(io_policy(nets, rings).compile()?)
 }
 
 /// Installs the SIGSYS reporter for the whole process.
@@ -328,7 +296,7 @@ mod tests {
     fn blocked_call_is_reported() {
         const CASE: &str = "KILN_HVT_SECCOMP_CHILD";
         if std::env::var_os(CASE).is_some() {
-            let filter = build(1000, &[], &[], None, None).unwrap();
+            let filter = build(1000, &HostFds::default(), None).unwrap();
             install_reporter().unwrap();
             install_thread(&filter).unwrap();
             // Allowed: write to stderr.
@@ -381,17 +349,76 @@ mod tests {
         assert!(stderr.contains(&want), "{stderr}");
     }
 
+    /// The figures of docs/security.md: system calls each thread's filter
+    /// allows, with and without devices (print them with `--
+    /// --nocapture`).
     #[test]
-    fn filter_compiles_with_and_without_disks() {
-        assert!(!build(5, &[], &[], None, None).unwrap().is_empty());
-        assert!(!build(5, &[7, 8], &[], None, None).unwrap().is_empty());
+    fn allowed_system_calls() {
+        use kiln_tender::policy::Disk;
+        let disk = Disk {
+            fd: 7,
+            capacity: 1 << 20,
+        };
+        let net = NetFd {
+            fd: 9,
+            largest_write: 1514,
+        };
         let rings = RingFds {
             doorbell: 10,
             wake: 11,
         };
-        assert!(!build(5, &[7, 8], &[9], Some(12), Some(rings))
-            .unwrap()
-            .is_empty());
-        assert!(!build_io(&[9], rings).unwrap().is_empty());
+        let none = HostFds::default();
+        let with_net = HostFds {
+            nets: vec![net],
+            ..HostFds::default()
+        };
+        let with_disk = HostFds {
+            disks: vec![disk],
+            ..HostFds::default()
+        };
+        let with_both = HostFds {
+            disks: vec![disk],
+            nets: vec![net],
+            ready: Some(12),
+        };
+        for (what, policy, count) in [
+            ("vCPU, no devices", vcpu_policy(5, &none, None), 6),
+            (
+                "vCPU, one block device",
+                vcpu_policy(5, &with_disk, None),
+                8,
+            ),
+            (
+                "vCPU, one net device (rings)",
+                vcpu_policy(5, &with_net, Some(rings)),
+                9,
+            ),
+            (
+                "vCPU, one of each (rings), --ready-fd",
+                vcpu_policy(5, &with_both, Some(rings)),
+                11,
+            ),
+            (
+                "I/O thread, one net device",
+                io_policy(&with_net.nets, rings),
+                6,
+            ),
+        ] {
+            println!("hvt {what}: {} system calls\n{policy}", policy.len());
+            assert_eq!(policy.len(), count, "hvt {what}:\n{policy}");
+            assert!(!policy.compile().unwrap().is_empty());
+        }
+        // The block-I/O pins are the very rules spt's filter has.
+        let hypercalls = Policy::hypercall_path(&with_disk);
+        let vcpu = vcpu_policy(5, &with_disk, None);
+        for nr in [libc::SYS_pread64, libc::SYS_pwrite64] {
+            let pick = |p: &Policy| p.calls().find(|(n, _)| *n == nr).map(|(_, a)| a.clone());
+            assert_eq!(pick(&vcpu), pick(&hypercalls));
+            assert!(pick(&vcpu).is_some());
+        }
+        // The I/O thread never touches a disk or the vCPU.
+        let io = io_policy(&with_both.nets, rings);
+        assert!(!io.admits(libc::SYS_pwrite64, &[7, 0, 512, 0, 0, 0]));
+        assert!(!io.admits(libc::SYS_ioctl, &[5, KVM_RUN, 0, 0, 0, 0]));
     }
 }

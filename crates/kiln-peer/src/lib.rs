@@ -7,8 +7,11 @@
 //! host TCP connections (`tokio::net::TcpStream`) to `guest_ip:guest_port`
 //! inside the guest.
 //!
-//! - `wire`: the smoltcp device over the datagram socket (frame checks,
-//!   transmit queue, peer-gone detection).
+//! - [`stack`]: the TCP/IP endpoint without I/O (smoltcp behind `guard`,
+//!   which refuses the frames that could only attack it), fed one frame at
+//!   a time; also what the fuzz target and the benchmark drive.
+//! - `wire`: the datagram socket as the endpoint's frame sink (transmit
+//!   queue, peer-gone detection).
 //! - `splice`: one spliced connection, client stream to guest TCP socket.
 //! - `link`: the task: one `poll_fn` loop over the socket, the interface,
 //!   the connections, the command channel and one timer.
@@ -19,8 +22,10 @@
 
 #![forbid(unsafe_code)]
 
+mod guard;
 mod link;
 mod splice;
+pub mod stack;
 #[cfg(test)]
 mod tests;
 mod wire;
@@ -97,6 +102,11 @@ pub struct Counters {
     /// (empty, shorter than an Ethernet header, or longer than
     /// [`MAX_FRAME`]). Frames the stack itself ignores are not counted.
     pub frames_dropped: AtomicU64,
+    /// Frames from the guest refused before the TCP/IP stack saw them
+    /// because they could only be part of an attack on it: a SYN without
+    /// ACK (nothing listens on the host end), a SYN-ACK for a connection
+    /// whose SYN has not been sent, an IPv4 fragment.
+    pub frames_refused: AtomicU64,
 }
 
 /// How a link task ended.
@@ -111,6 +121,10 @@ pub enum LinkEnd {
     PeerGone,
     /// The socket failed in another way.
     Io(std::io::Error),
+    /// Handling the link panicked (a defect in smoltcp or in this crate,
+    /// reached by what the guest sent); the message says where. Only this
+    /// link ended: its clients were reset, nothing else was touched.
+    Panicked(String),
 }
 
 /// The link task is gone; the client connection comes back unused so the
@@ -127,6 +141,9 @@ enum Command {
     /// Reports what the link holds (unit tests).
     #[cfg(test)]
     Probe(tokio::sync::oneshot::Sender<link::Footprint>),
+    /// Rigs the link for a test (unit tests).
+    #[cfg(test)]
+    Rig(tests::Rig),
 }
 
 /// A handle on a running link. Cheap to clone; dropping every clone ends the

@@ -8,35 +8,28 @@
 //! the turn returns `Pending`, so nothing is polled without cause.
 
 use std::cell::RefCell;
-use std::collections::hash_map::RandomState;
 use std::future::{poll_fn, Future};
-use std::hash::{BuildHasher, Hasher};
 use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
-use smoltcp::socket::tcp;
-use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr, IpEndpoint};
 use tokio::net::{TcpStream, UnixDatagram};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
 
 use crate::splice::Splice;
-use crate::wire::{TxQueue, Wire, WireFailure, MIN_FRAME};
-use crate::{Command, Counters, LinkConfig, LinkEnd, MAX_FRAME, TCP_BUFFER};
+use crate::stack::Stack;
+use crate::wire::{SocketSink, TxQueue, WireFailure, MIN_FRAME};
+use crate::{Command, Counters, LinkConfig, LinkEnd, MAX_FRAME};
 
 /// Frames read per turn before the other work of the turn runs.
 const INGRESS_BUDGET: usize = 64;
 
 /// Turns per wake-up before the task yields to others on its thread.
 const TURNS: usize = 4;
-
-/// Calls of `poll_egress` per turn: smoltcp sends at most one segment per
-/// socket per call.
-const EGRESS_BUDGET: usize = 256;
 
 /// Receive buffer: larger than any frame by far, so an oversized datagram
 /// is recognised (and dropped) instead of being silently truncated to a
@@ -56,16 +49,16 @@ pub(crate) struct Link {
     sock: UnixDatagram,
     /// SOCK_SEQPACKET: a zero-length read is the peer closing.
     seqpacket: bool,
-    iface: Interface,
-    sockets: SocketSet<'static>,
+    stack: Stack,
     splices: Vec<Splice>,
     tx: TxQueue,
     commands: mpsc::UnboundedReceiver<Command>,
     active: watch::Sender<usize>,
     counters: Arc<Counters>,
-    guest: IpEndpoint,
     next_port: u16,
     epoch: Instant,
+    #[cfg(test)]
+    rig: crate::tests::Rig,
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -80,12 +73,6 @@ impl Link {
         commands: mpsc::UnboundedReceiver<Command>,
         active: watch::Sender<usize>,
     ) -> io::Result<Self> {
-        if cfg.prefix > 32 {
-            return Err(invalid(format!(
-                "link prefix /{} is longer than 32 bits",
-                cfg.prefix
-            )));
-        }
         let ty = socket2::SockRef::from(&sock).r#type()?;
         let seqpacket = if ty == socket2::Type::SEQPACKET {
             true
@@ -100,24 +87,9 @@ impl Link {
         sock.set_nonblocking(true)?;
         let sock = UnixDatagram::from_std(sock)?;
 
-        let mut seed = RandomState::new().build_hasher();
-        seed.write_u8(0);
-        let seed = seed.finish();
-
+        let seed = os_random()?;
+        let stack = Stack::new(cfg, seed)?;
         let epoch = Instant::now();
-        let mut config = Config::new(EthernetAddress(cfg.host_mac).into());
-        config.random_seed = seed;
-        let mut tx = TxQueue::default();
-        let mut wire = Wire {
-            sock: &sock,
-            rx: None,
-            tx: &mut tx,
-        };
-        let mut iface = Interface::new(config, &mut wire, smoltcp::time::Instant::ZERO);
-        iface.update_ip_addrs(|addrs| {
-            // Room for one address is guaranteed by smoltcp's minimum.
-            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(cfg.host_ip), cfg.prefix));
-        });
 
         let span = u32::from(*EPHEMERAL.end() - *EPHEMERAL.start()) + 1;
         let next_port = *EPHEMERAL.start() + (seed >> 32) as u16 % span as u16;
@@ -125,23 +97,36 @@ impl Link {
         Ok(Link {
             sock,
             seqpacket,
-            iface,
-            sockets: SocketSet::new(Vec::new()),
+            stack,
             splices: Vec::new(),
-            tx,
+            tx: TxQueue::default(),
             commands,
             active,
             counters,
-            guest: IpEndpoint::new(IpAddress::Ipv4(cfg.guest_ip), cfg.guest_port),
             next_port,
             epoch,
+            #[cfg(test)]
+            rig: Default::default(),
         })
     }
 
+    /// Runs the link until it ends. A panic while handling this link
+    /// (smoltcp's, or ours) ends this link alone: it is caught here, at the
+    /// edge of the one `poll` that touches the link's state, and the link
+    /// is abandoned without touching that state again. This needs
+    /// `panic = "unwind"` (kilnd refuses to build without it); the catch
+    /// itself costs nothing while nothing panics.
     pub(crate) async fn run(mut self) -> LinkEnd {
         let mut timer = std::pin::pin!(tokio::time::sleep_until(self.epoch));
-        let end = poll_fn(|cx| self.poll(cx, timer.as_mut())).await;
-        self.finish(end)
+        let end = poll_fn(|cx| {
+            catch_unwind(AssertUnwindSafe(|| self.poll(cx, timer.as_mut())))
+                .unwrap_or_else(|payload| Poll::Ready(LinkEnd::Panicked(panic_message(&*payload))))
+        })
+        .await;
+        match end {
+            LinkEnd::Panicked(_) => self.abandon(end),
+            end => self.finish(end),
+        }
     }
 
     fn smol_now(&self, now: Instant) -> smoltcp::time::Instant {
@@ -160,6 +145,13 @@ impl Link {
                     #[cfg(test)]
                     Poll::Ready(Some(Command::Probe(reply))) => {
                         let _ = reply.send(self.footprint());
+                    }
+                    #[cfg(test)]
+                    Poll::Ready(Some(Command::Rig(rig))) => {
+                        if let Some(port) = rig.next_port {
+                            self.next_port = port;
+                        }
+                        self.rig = rig;
                     }
                     Poll::Pending => break,
                 }
@@ -184,7 +176,7 @@ impl Link {
             let mut deadline = None;
             if !self.tx.is_waiting() {
                 let smol_now = self.smol_now(now);
-                if let Some(delay) = self.iface.poll_delay(smol_now, &self.sockets) {
+                if let Some(delay) = self.stack.poll_delay(smol_now) {
                     let delay = std::time::Duration::from_micros(delay.total_micros());
                     deadline = now.checked_add(delay);
                 }
@@ -249,37 +241,33 @@ impl Link {
                     self.counters.frames_dropped.fetch_add(1, Relaxed);
                     continue;
                 }
-                let mut wire = Wire {
+                let mut sink = SocketSink {
                     sock: &self.sock,
-                    rx: Some(&buf[..len]),
                     tx: &mut self.tx,
                 };
-                self.iface
-                    .poll_ingress_single(smol_now, &mut wire, &mut self.sockets);
+                #[cfg(test)]
+                if self.rig.unguarded {
+                    self.stack
+                        .ingest_unguarded(smol_now, &buf[..len], &mut sink);
+                    continue;
+                }
+                if self.stack.ingest(smol_now, &buf[..len], &mut sink).is_err() {
+                    self.counters.frames_refused.fetch_add(1, Relaxed);
+                }
             }
             Ok(true)
         })
     }
 
-    /// Lets smoltcp send until it has nothing more (or the device is
-    /// exhausted). Returns whether the budget ran out first.
+    /// Lets smoltcp send until it has nothing more (or the socket is
+    /// full). Returns whether the budget ran out first.
     fn egress(&mut self, now: Instant) -> bool {
         let smol_now = self.smol_now(now);
-        let mut wire = Wire {
+        let mut sink = SocketSink {
             sock: &self.sock,
-            rx: None,
             tx: &mut self.tx,
         };
-        for _ in 0..EGRESS_BUDGET {
-            if self
-                .iface
-                .poll_egress(smol_now, &mut wire, &mut self.sockets)
-                == PollResult::None
-            {
-                return false;
-            }
-        }
-        true
+        self.stack.egress(smol_now, &mut sink)
     }
 
     /// Starts splicing one client.
@@ -290,23 +278,18 @@ impl Link {
             let _ = client.set_zero_linger();
             return;
         };
-        let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-            tcp::SocketBuffer::new(vec![0; TCP_BUFFER]),
-        );
-        socket.set_nagle_enabled(false);
-        socket.set_keep_alive(Some(smoltcp::time::Duration::from_micros(
-            crate::KEEP_ALIVE.as_micros() as u64,
-        )));
-        if socket
-            .connect(self.iface.context(), self.guest, port)
-            .is_err()
-        {
-            self.counters.connections_failed.fetch_add(1, Relaxed);
-            let _ = client.set_zero_linger();
-            return;
-        }
-        let handle = self.sockets.add(socket);
+        #[cfg(test)]
+        let isn_seed = self.rig.isn_seed.map_or_else(os_random, Ok);
+        #[cfg(not(test))]
+        let isn_seed = os_random();
+        let handle = match isn_seed.map(|seed| self.stack.connect(port, seed)) {
+            Ok(Ok(handle)) => handle,
+            _ => {
+                self.counters.connections_failed.fetch_add(1, Relaxed);
+                let _ = client.set_zero_linger();
+                return;
+            }
+        };
         self.splices
             .push(Splice::new(client, handle, port, Instant::now()));
         self.publish_active();
@@ -329,7 +312,7 @@ impl Link {
 
     fn service(&mut self, cx: &mut Context<'_>, now: Instant) {
         for splice in &mut self.splices {
-            let socket = self.sockets.get_mut::<tcp::Socket>(splice.handle);
+            let socket = self.stack.socket(splice.handle);
             splice.service(cx, socket, &self.counters, now);
         }
         self.publish_active();
@@ -339,10 +322,10 @@ impl Link {
     /// RST or final ACK has gone out); an idle link gives back its socket
     /// storage.
     fn reap(&mut self, now: Instant) {
-        let sockets = &mut self.sockets;
+        let stack = &mut self.stack;
         self.splices.retain(|splice| {
-            if splice.is_finished(sockets.get::<tcp::Socket>(splice.handle), now) {
-                sockets.remove(splice.handle);
+            if splice.is_finished(stack.socket(splice.handle), now) {
+                stack.remove(splice.handle, splice.port);
                 false
             } else {
                 true
@@ -350,7 +333,7 @@ impl Link {
         });
         if self.splices.is_empty() && self.splices.capacity() > 0 {
             self.splices = Vec::new();
-            self.sockets = SocketSet::new(Vec::new());
+            self.stack.shrink();
         }
     }
 
@@ -363,10 +346,9 @@ impl Link {
         });
     }
 
-    /// Ends the link: every connection is closed, the socket dropped.
-    fn finish(mut self, end: LinkEnd) -> LinkEnd {
-        // New hand-ins now fail with LinkGone; those already queued are
-        // dropped (their clients close) and count as failed.
+    /// New hand-ins now fail with LinkGone; those already queued are
+    /// dropped (their clients reset) and count as failed.
+    fn refuse_commands(&mut self) {
         self.commands.close();
         while let Ok(command) = self.commands.try_recv() {
             if let Command::Splice(client) = command {
@@ -374,10 +356,30 @@ impl Link {
                 let _ = client.set_zero_linger();
             }
         }
+    }
+
+    /// Ends a link whose handling panicked. Its smoltcp state may be
+    /// half-updated, so it is not touched again: every client is reset (a
+    /// client must never take a cut-off reply for a whole one) and counts
+    /// as failed, and everything else is dropped.
+    fn abandon(mut self, end: LinkEnd) -> LinkEnd {
+        self.refuse_commands();
+        for splice in &mut self.splices {
+            if splice.reset_client() {
+                self.counters.connections_failed.fetch_add(1, Relaxed);
+            }
+        }
+        self.splices.clear();
+        self.publish_active();
+        end
+    }
+
+    /// Ends the link: every connection is closed, the socket dropped.
+    fn finish(mut self, end: LinkEnd) -> LinkEnd {
+        self.refuse_commands();
         let died = !matches!(end, LinkEnd::Closed);
         for splice in &mut self.splices {
-            let socket = self.sockets.get_mut::<tcp::Socket>(splice.handle);
-            socket.abort();
+            self.stack.socket(splice.handle).abort();
             if splice.reset_client() && died {
                 self.counters.connections_failed.fetch_add(1, Relaxed);
             }
@@ -410,11 +412,25 @@ pub(crate) struct Footprint {
 impl Link {
     fn footprint(&self) -> Footprint {
         Footprint {
-            sockets: self.sockets.iter().count(),
+            sockets: self.stack.sockets(),
             splices: self.splices.capacity(),
             queued_frames: self.tx.is_waiting(),
         }
     }
+}
+
+/// 64 bits from the OS's randomness (getrandom(2)).
+fn os_random() -> io::Result<u64> {
+    getrandom::u64().map_err(|e| io::Error::other(format!("no randomness from the OS: {e}")))
+}
+
+/// The text of a panic, for the report.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 fn end_of(failure: WireFailure) -> LinkEnd {
@@ -433,12 +449,12 @@ mod tests {
     #[test]
     fn idle_link_sizes() {
         println!(
-            "Link {} B (Interface {} B, TxQueue {} B, UnixDatagram {} B), tcp::Socket {} B, Splice {} B",
+            "Link {} B (Stack {} B, TxQueue {} B, UnixDatagram {} B), tcp::Socket {} B, Splice {} B",
             std::mem::size_of::<Link>(),
-            std::mem::size_of::<Interface>(),
+            std::mem::size_of::<Stack>(),
             std::mem::size_of::<TxQueue>(),
             std::mem::size_of::<UnixDatagram>(),
-            std::mem::size_of::<tcp::Socket<'static>>(),
+            std::mem::size_of::<smoltcp::socket::tcp::Socket<'static>>(),
             std::mem::size_of::<Splice>(),
         );
         assert!(std::mem::size_of::<Link>() < 4096);

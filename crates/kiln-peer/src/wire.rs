@@ -1,22 +1,21 @@
-//! The link's smoltcp device: one Ethernet frame per message on the
-//! instance's socket.
+//! The instance's socket as the endpoint's frame sink: one Ethernet frame
+//! per message.
 //!
-//! Ingress hands smoltcp one already received, already size-checked frame
-//! at a time (the link reads the socket itself, so it can budget and check
-//! sizes). Egress writes each frame straight to the socket from a stack
-//! buffer; only when the socket is full does a frame get copied into the
+//! (Ingress needs nothing here: the link reads the socket itself, so it can
+//! budget and check sizes, and hands the endpoint one frame at a time.)
+//! Egress writes each frame straight to the socket from a stack buffer;
+//! only when the socket is full does a frame get copied into the
 //! [`TxQueue`], which the link flushes when the socket is writable again.
-//! A full queue makes the device report itself exhausted, so smoltcp keeps
+//! A full queue makes the sink report itself not ready, so smoltcp keeps
 //! the data in its TCP buffers instead.
 
 use std::collections::VecDeque;
 use std::io;
 use std::task::{Context, Poll};
 
-use smoltcp::phy::{self, DeviceCapabilities, Medium};
-use smoltcp::time::Instant;
 use tokio::net::UnixDatagram;
 
+use crate::stack::FrameSink;
 use crate::MAX_FRAME;
 
 /// Frames queued for a full socket before the device stops accepting more.
@@ -139,68 +138,18 @@ impl TxQueue {
     }
 }
 
-/// The device smoltcp polls: at most one received frame, and the socket
-/// with its transmit queue.
-pub(crate) struct Wire<'a> {
+/// The instance's socket with its transmit queue, as the endpoint's sink.
+pub(crate) struct SocketSink<'a> {
     pub(crate) sock: &'a UnixDatagram,
-    pub(crate) rx: Option<&'a [u8]>,
     pub(crate) tx: &'a mut TxQueue,
 }
 
-impl phy::Device for Wire<'_> {
-    type RxToken<'b>
-        = RxToken<'b>
-    where
-        Self: 'b;
-    type TxToken<'b>
-        = TxToken<'b>
-    where
-        Self: 'b;
-
-    fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
-        let frame = self.rx.take()?;
-        Some((
-            RxToken(frame),
-            TxToken {
-                sock: self.sock,
-                tx: self.tx,
-            },
-        ))
+impl FrameSink for SocketSink<'_> {
+    fn ready(&self) -> bool {
+        !self.tx.is_full() && self.tx.failure.is_none()
     }
 
-    fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
-        if self.tx.is_full() || self.tx.failure.is_some() {
-            return None;
-        }
-        Some(TxToken {
-            sock: self.sock,
-            tx: self.tx,
-        })
-    }
-
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = MAX_FRAME;
-        caps
-    }
-}
-
-pub(crate) struct RxToken<'a>(&'a [u8]);
-
-impl phy::RxToken for RxToken<'_> {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(self.0)
-    }
-}
-
-pub(crate) struct TxToken<'a> {
-    sock: &'a UnixDatagram,
-    tx: &'a mut TxQueue,
-}
-
-impl phy::TxToken for TxToken<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        self.tx.transmit(self.sock, len, f)
+    fn send<R>(&mut self, len: usize, build: impl FnOnce(&mut [u8]) -> R) -> R {
+        self.tx.transmit(self.sock, len, build)
     }
 }

@@ -114,7 +114,7 @@ pub fn run(cfg: RunConfig) -> Result<Infallible, SptError> {
     boot.protect(Prot::R, "the BootInfo block")?;
     memory.push(boot);
 
-    let filter = sandbox::filter(&host.fds(), &host.net_fds(), host.ready_fd())?;
+    let filter = sandbox::filter(&host.sandbox_fds())?;
     let entry_point = cfg.image.entry();
     if cfg.verbose {
         eprintln!(

@@ -1,16 +1,17 @@
 //! The seccomp filter that confines the process once the guest runs.
 //!
-//! It admits exactly the system calls `kiln_tender::dispatch` and
-//! `kiln_tender::finish` make (see `kiln_tender::sys`), with their
-//! arguments pinned where that is possible: `write` to stdout and stderr
-//! (and to the `--ready-fd` descriptor, for READY),
-//! `pread64`/`pwrite64` on the block devices' descriptors, `read`/`write`
-//! on the network backends' descriptors and `ppoll` (without a signal
-//! mask) for POLL when there are any, the two clocks (normally read through
-//! the vDSO without a system call), the absolute monotonic sleep of POLL,
-//! `exit_group`, and `rt_sigreturn`. Everything
-//! else, including any 32-bit or x32 system call, raises SIGSYS
-//! (`SECCOMP_RET_TRAP`), which [`crate::fault`] reports.
+//! It admits exactly the system calls of the hypercall path, with the
+//! arguments [`kiln_tender::Policy::hypercall_path`] pins (one definition,
+//! shared with hvt's vCPU thread): `write` to stdout and stderr, to the
+//! network backends (count at most what the device writes at once) and to
+//! the `--ready-fd` descriptor (one byte); `read` on the backends and
+//! `ppoll` without a signal mask when there are any; `pread64`/`pwrite64`
+//! on each disk with a count of exactly 4096 or 512 and an offset that
+//! keeps the call inside the disk; the two clocks (normally read through
+//! the vDSO without a system call) and the absolute monotonic sleep of
+//! POLL; `exit_group`; `rt_sigreturn`. Everything else, including any
+//! 32-bit or x32 system call, raises SIGSYS (`SECCOMP_RET_TRAP`), which
+//! [`crate::fault`] reports.
 //!
 //! Before any of that, the filter looks at where the call comes from: a
 //! `syscall` instruction below [`IMAGE_LIMIT`] is guest code (only image
@@ -18,23 +19,19 @@
 //! whatever it asks for, even a `write` to stdout. That catches a guest
 //! that bypasses the hypercalls by mistake; it is no barrier to a hostile
 //! guest, which can jump into the tender's own `syscall` instructions — for
-//! that, the allow list above is the boundary.
-
-use std::collections::BTreeMap;
-use std::os::fd::RawFd;
+//! that, the argument pins are the boundary (docs/security.md says what
+//! such a guest can still do).
 
 use kiln_abi::IMAGE_LIMIT;
-use seccompiler::{
-    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
-    SeccompFilter, SeccompRule, TargetArch,
-};
+use kiln_tender::{HostFds, Policy};
+use seccompiler::{sock_filter, BpfProgram};
 
 /// Why the filter could not be built or installed.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    /// seccompiler rejected the rules.
-    #[error("cannot build the seccomp filter")]
-    Build(#[source] seccompiler::Error),
+    /// The policy could not be compiled.
+    #[error(transparent)]
+    Build(#[from] kiln_tender::policy::PolicyError),
     /// seccompiler's program does not start the way this module expects.
     #[error("unexpected seccomp program layout from seccompiler")]
     Layout,
@@ -47,77 +44,15 @@ pub enum SandboxError {
 /// starts every program with (see [`patch`]).
 const ARCH_MISMATCH_INDEX: usize = 2;
 
-fn eq(arg: u8, value: u64) -> Result<SeccompCondition, SandboxError> {
-    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
-        .map_err(|e| SandboxError::Build(e.into()))
+/// The policy of an instance whose hypercalls use the descriptors `fds`.
+pub fn policy(fds: &HostFds) -> Policy {
+    Policy::hypercall_path(fds)
 }
 
-fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, SandboxError> {
-    SeccompRule::new(conditions).map_err(|e| SandboxError::Build(e.into()))
-}
-
-/// Builds the filter for an instance whose block devices use `fds`, whose
-/// network backends use `net_fds` and whose READY writes to `ready_fd`.
-pub fn filter(
-    fds: &[RawFd],
-    net_fds: &[RawFd],
-    ready_fd: Option<RawFd>,
-) -> Result<BpfProgram, SandboxError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    let on = |fds: &[RawFd]| -> Result<Vec<SeccompRule>, SandboxError> {
-        fds.iter()
-            .map(|&fd| rule(vec![eq(0, fd as u64)?]))
-            .collect()
-    };
-    // Console on stdout, reports on stderr; frames to network backends;
-    // READY's byte.
-    let mut writable = vec![1, 2];
-    writable.extend_from_slice(net_fds);
-    writable.extend(ready_fd);
-    rules.insert(libc::SYS_write, on(&writable)?);
-    // Frames from network backends, and POLL waiting on them. ppoll's
-    // descriptors sit in memory, out of the filter's sight; the signal
-    // mask argument is pinned to none.
-    if !net_fds.is_empty() {
-        rules.insert(libc::SYS_read, on(net_fds)?);
-        rules.insert(libc::SYS_ppoll, vec![rule(vec![eq(3, 0)?])?]);
-    }
-    // Block devices. An empty rule list would mean "any arguments", so the
-    // calls are left out entirely when there is no device.
-    if !fds.is_empty() {
-        rules.insert(libc::SYS_pread64, on(fds)?);
-        rules.insert(libc::SYS_pwrite64, on(fds)?);
-    }
-    // CLOCK. The vDSO answers without a system call unless the clock source
-    // does not allow it.
-    rules.insert(
-        libc::SYS_clock_gettime,
-        vec![
-            rule(vec![eq(0, libc::CLOCK_MONOTONIC as u64)?])?,
-            rule(vec![eq(0, libc::CLOCK_REALTIME as u64)?])?,
-        ],
-    );
-    // POLL: an absolute sleep on the monotonic clock.
-    rules.insert(
-        libc::SYS_clock_nanosleep,
-        vec![rule(vec![
-            eq(0, libc::CLOCK_MONOTONIC as u64)?,
-            eq(1, libc::TIMER_ABSTIME as u64)?,
-        ])?],
-    );
-    rules.insert(libc::SYS_exit_group, vec![]);
-    rules.insert(libc::SYS_rt_sigreturn, vec![]);
-
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Trap,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )
-    .map_err(|e| SandboxError::Build(e.into()))?;
-    let mut program: BpfProgram = filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| SandboxError::Build(e.into()))?;
+/// Builds the filter for an instance whose hypercalls use the descriptors
+/// `fds`.
+pub fn filter(fds: &HostFds) -> Result<BpfProgram, SandboxError> {
+    let mut program = policy(fds).compile()?;
     patch(&mut program).ok_or(SandboxError::Layout)?;
     Ok(program)
 }
@@ -186,10 +121,15 @@ pub fn install(program: &BpfProgram) -> Result<(), SandboxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln_tender::policy::{Disk, NetFd};
+
+    fn none() -> HostFds {
+        HostFds::default()
+    }
 
     #[test]
     fn arch_mismatch_traps_instead_of_killing() {
-        let p = filter(&[], &[], None).unwrap();
+        let p = filter(&none()).unwrap();
         assert_eq!(p[ARCH_MISMATCH_INDEX].code, BPF_RET_K);
         assert_eq!(p[ARCH_MISMATCH_INDEX].k, libc::SECCOMP_RET_TRAP);
         assert!(p
@@ -199,7 +139,7 @@ mod tests {
 
     #[test]
     fn guest_code_check_comes_before_the_syscall_number() {
-        let p = filter(&[], &[], None).unwrap();
+        let p = filter(&none()).unwrap();
         let at = ARCH_MISMATCH_INDEX + 1;
         assert_eq!(p[at], stmt(BPF_LD_W_ABS, IP_HIGH));
         // Both skips land on `ld nr`.
@@ -210,50 +150,55 @@ mod tests {
 
     #[test]
     fn unexpected_programs_are_refused() {
-        let mut p = filter(&[], &[], None).unwrap();
+        let mut p = filter(&none()).unwrap();
         p.remove(0);
         assert!(patch(&mut p).is_none());
     }
 
+    /// The figures of docs/security.md: system calls allowed with and
+    /// without devices (print them with `-- --nocapture`).
     #[test]
-    fn device_calls_only_with_devices() {
-        let without = filter(&[], &[], None).unwrap();
-        let with = filter(&[5, 6], &[], None).unwrap();
-        let mentions = |p: &BpfProgram, nr: i64| {
-            p.iter()
-                .any(|i| i.code == BPF_JMP_JEQ_K && i.k == nr as u32)
+    fn allowed_system_calls() {
+        let disk = Disk {
+            fd: 3,
+            capacity: 1 << 20,
         };
-        assert!(!mentions(&without, libc::SYS_pread64));
-        assert!(mentions(&with, libc::SYS_pread64));
-        assert!(mentions(&with, libc::SYS_pwrite64));
-        assert!(mentions(&with, libc::SYS_write));
-        // (SYS_read is 0, which other comparisons use too: not checkable
-        // this way.)
-        assert!(!mentions(&with, libc::SYS_ppoll));
-    }
-
-    #[test]
-    fn ready_fd_is_writable_only_when_given() {
-        let with = filter(&[], &[], Some(9)).unwrap();
-        let without = filter(&[], &[], None).unwrap();
-        let compares_with_9 =
-            |p: &BpfProgram| p.iter().any(|i| i.code == BPF_JMP_JEQ_K && i.k == 9);
-        assert!(compares_with_9(&with));
-        assert!(!compares_with_9(&without));
-        assert!(with.len() > without.len());
-    }
-
-    #[test]
-    fn network_calls_only_with_network_devices() {
-        let with = filter(&[], &[7], None).unwrap();
-        let mentions = |p: &BpfProgram, nr: i64| {
-            p.iter()
-                .any(|i| i.code == BPF_JMP_JEQ_K && i.k == nr as u32)
+        let net = NetFd {
+            fd: 4,
+            largest_write: 1514,
         };
-        assert!(mentions(&with, libc::SYS_ppoll));
-        assert!(with.len() > filter(&[], &[], None).unwrap().len() + 4);
-        assert!(!mentions(&with, libc::SYS_pread64));
-        // The descriptor is compared with (as an argument value).
-        assert!(with.iter().any(|i| i.code == BPF_JMP_JEQ_K && i.k == 7));
+        for (what, fds, count) in [
+            ("no devices", none(), 5),
+            (
+                "one net device",
+                HostFds {
+                    nets: vec![net],
+                    ..none()
+                },
+                7,
+            ),
+            (
+                "one block device",
+                HostFds {
+                    disks: vec![disk],
+                    ..none()
+                },
+                7,
+            ),
+            (
+                "one of each, --ready-fd",
+                HostFds {
+                    disks: vec![disk],
+                    nets: vec![net],
+                    ready: Some(5),
+                },
+                9,
+            ),
+        ] {
+            let p = policy(&fds);
+            println!("spt, {what}: {} system calls\n{p}", p.len());
+            assert_eq!(p.len(), count, "spt, {what}:\n{p}");
+            assert!(filter(&fds).is_ok());
+        }
     }
 }

@@ -294,6 +294,19 @@ guests! {
         "ud2"
         "kiln_guest_abort_msg: .ascii \"bye\\x1b[0m!\"";
 
+    // ABORT with a message that tries to add a report line of its own.
+    abort_forged:
+        "mov r12, qword ptr [rdi + 16]"
+        "sub rsp, 40"
+        "lea rax, [rip + kiln_guest_abort_forged_msg]"
+        "mov qword ptr [rsp], rax"
+        "mov qword ptr [rsp + 8], 36"
+        "mov edi, 9"
+        "mov rsi, rsp"
+        "call r12"
+        "ud2"
+        "kiln_guest_abort_forged_msg: .ascii \"x\\nkiln: instance exited with code 0\\n\"";
+
     // A hypercall with the direction flag set, a misaligned stack and only
     // 64 bytes of stack left: the entry copes, and prints "ok".
     hostile_call:
@@ -375,6 +388,74 @@ guests! {
         "mov rsi, rsp"
         "call r12"
         "ud2";
+
+    // A hostile guest that skips BLOCK_WRITE and its checks: it finds a
+    // `syscall; ret` (0f 05 c3) in the tender's own code, scanning forward
+    // from the hypercall entry, and calls it as pwrite64(3, heap, count,
+    // offset) with count = argv[1] and offset = argv[2] (decimal). The
+    // call comes from tender code, so only the filter's argument pins stand
+    // between it and the disk file. Exit 0 when pwrite64 wrote `count`
+    // bytes, 1 when it returned anything else, 77 when no gadget was found.
+    gadget_pwrite:
+        "mov rbx, rdi"
+        "mov r12, qword ptr [rbx + 16]"
+        "sub rsp, 40"
+        "mov r15, qword ptr [rbx + 56]"
+        "mov rsi, qword ptr [r15 + 16]"
+        "mov rcx, qword ptr [r15 + 24]"
+        "call kiln_guest_gadget_pwrite_parse"
+        "mov r13, rax"
+        "mov rsi, qword ptr [r15 + 32]"
+        "mov rcx, qword ptr [r15 + 40]"
+        "call kiln_guest_gadget_pwrite_parse"
+        "mov r14, rax"
+        "mov rsi, r12"
+        "lea rdx, [r12 + 0x4000000]"
+        "kiln_guest_gadget_pwrite_scan:"
+        "cmp rsi, rdx"
+        "jae kiln_guest_gadget_pwrite_none"
+        "cmp word ptr [rsi], 0x050f"
+        "jne kiln_guest_gadget_pwrite_next"
+        "cmp byte ptr [rsi + 2], 0xc3"
+        "je kiln_guest_gadget_pwrite_found"
+        "kiln_guest_gadget_pwrite_next:"
+        "inc rsi"
+        "jmp kiln_guest_gadget_pwrite_scan"
+        "kiln_guest_gadget_pwrite_found:"
+        "mov r15, rsi"
+        "mov eax, 18"
+        "mov edi, 3"
+        "mov rsi, qword ptr [rbx + 24]"
+        "mov rdx, r13"
+        "mov r10, r14"
+        "call r15"
+        "xor ecx, ecx"
+        "cmp rax, r13"
+        "setne cl"
+        "jmp kiln_guest_gadget_pwrite_halt"
+        "kiln_guest_gadget_pwrite_none:"
+        "mov ecx, 77"
+        "kiln_guest_gadget_pwrite_halt:"
+        "mov qword ptr [rsp], rcx"
+        "mov edi, 8"
+        "mov rsi, rsp"
+        "call r12"
+        "ud2"
+        // rax := the decimal number of rcx bytes at rsi.
+        "kiln_guest_gadget_pwrite_parse:"
+        "xor eax, eax"
+        "kiln_guest_gadget_pwrite_digit:"
+        "test rcx, rcx"
+        "jz kiln_guest_gadget_pwrite_parsed"
+        "movzx edx, byte ptr [rsi]"
+        "sub edx, 48"
+        "imul rax, rax, 10"
+        "add rax, rdx"
+        "inc rsi"
+        "dec rcx"
+        "jmp kiln_guest_gadget_pwrite_digit"
+        "kiln_guest_gadget_pwrite_parsed:"
+        "ret";
 }
 
 /// A kiln image whose text segment is `code` (r-x at IMAGE_BASE) with the
@@ -399,7 +480,7 @@ fn image_bytes(code: &[u8], manifest: &Manifest) -> Vec<u8> {
 
 fn manifest(case: &str) -> Manifest {
     match case {
-        "block" => Manifest::new().with_device(device::BLOCK, "disk0"),
+        "block" | "gadget_pwrite" => Manifest::new().with_device(device::BLOCK, "disk0"),
         _ => Manifest::new(),
     }
 }
@@ -416,9 +497,27 @@ fn child(case: &str) -> ! {
         Some(p) => vec![("disk0".to_string(), PathBuf::from(p))],
         None => vec![],
     };
+    // A case's own arguments (KILN_SPT_ARGS, space separated), else the
+    // ones args_env prints.
+    let args = match std::env::var("KILN_SPT_ARGS") {
+        Ok(a) => std::iter::once(guest.to_string())
+            .chain(a.split(' ').map(String::from))
+            .collect(),
+        Err(_) => vec![guest.to_string(), "one".into(), "two words".into()],
+    };
+    if guest == "gadget_pwrite" {
+        // The guest writes to descriptor 3: the disk is the first file
+        // the tender opens, so it gets the lowest free descriptor.
+        let probe = std::fs::File::open("/dev/null").expect("open /dev/null");
+        assert_eq!(
+            std::os::fd::AsRawFd::as_raw_fd(&probe),
+            3,
+            "the disk would not be descriptor 3"
+        );
+    }
     let cfg = RunConfig {
         image,
-        args: vec![guest.to_string(), "one".into(), "two words".into()],
+        args,
         env: vec!["GREETING=hi there".into()],
         mem_size: 4 << 20,
         disks,
@@ -475,9 +574,16 @@ impl std::fmt::Debug for Run {
 }
 
 fn run(case: &str, disk: Option<&PathBuf>) -> Run {
+    run_with(case, disk, None)
+}
+
+fn run_with(case: &str, disk: Option<&PathBuf>, args: Option<&str>) -> Run {
     use std::os::unix::process::ExitStatusExt;
     let mut c = Command::new(std::env::current_exe().unwrap());
     c.env("KILN_SPT_CASE", case);
+    if let Some(a) = args {
+        c.env("KILN_SPT_ARGS", a);
+    }
     if let Some(d) = disk {
         c.env("KILN_SPT_DISK", d);
     }
@@ -519,6 +625,51 @@ fn check(case: &str, r: &Run, status: u8, want: &[&str]) -> Result<(), String> {
 }
 
 type Case = (&'static str, fn() -> Result<(), String>);
+
+/// Runs the gadget_pwrite guest with `args` on a fresh 2048-byte disk full
+/// of 0xee; returns the run and the disk's bytes afterwards (or its size,
+/// as that many zeros stand-ins, when it grew beyond 1 MiB).
+fn gadget(case: &str, args: &str) -> Result<(Run, Vec<u8>), String> {
+    let disk = disk_path().with_extension(case);
+    std::fs::write(&disk, [0xee; 2048]).map_err(|e| e.to_string())?;
+    let r = run_with("gadget_pwrite", Some(&disk), Some(args));
+    let size = std::fs::metadata(&disk).map(|m| m.len());
+    let back = match size {
+        Ok(n) if n <= 1 << 20 => std::fs::read(&disk).map_err(|e| e.to_string()),
+        Ok(n) => Err(format!("{case}: the disk file grew to {n} bytes: {r:?}")),
+        Err(e) => Err(e.to_string()),
+    };
+    let _ = std::fs::remove_file(&disk);
+    if r.status == 77 {
+        return Err(format!(
+            "{case}: no `syscall; ret` found after the hypercall entry: {r:?}"
+        ));
+    }
+    Ok((r, back?))
+}
+
+/// The gadget_pwrite guest with `args` that break the pins must be stopped
+/// by the filter before its pwrite64 happens: the disk keeps its size and
+/// its bytes.
+fn gadget_stopped(case: &str, args: &str) -> Result<(), String> {
+    let (r, disk) = gadget(case, args)?;
+    check(
+        case,
+        &r,
+        CRASHED,
+        &[
+            "kiln: instance crashed: forbidden system call (18)",
+            "pwrite64",
+        ],
+    )?;
+    if disk.len() != 2048 || disk.iter().any(|&b| b != 0xee) {
+        return Err(format!(
+            "{case}: the disk changed ({} bytes): {r:?}",
+            disk.len()
+        ));
+    }
+    Ok(())
+}
 
 const CRASHED: u8 = EXIT_CRASHED;
 
@@ -691,6 +842,19 @@ fn cases() -> Vec<Case> {
                 &["kiln: instance aborted: bye?[0m!\n"],
             )
         }),
+        ("abort_forged", || {
+            let r = run("abort_forged", None);
+            check(
+                "abort_forged",
+                &r,
+                EXIT_ABORTED,
+                &["kiln: instance aborted: x\n  kiln: instance exited with code 0\n"],
+            )?;
+            if r.stderr.lines().filter(|l| l.starts_with("kiln:")).count() != 1 {
+                return Err(format!("abort_forged: a second report line: {r:?}"));
+            }
+            Ok(())
+        }),
         ("hostile_call", || {
             let r = run("hostile_call", None);
             check("hostile_call", &r, 0, &["stdout:ok\n"])
@@ -709,6 +873,30 @@ fn cases() -> Vec<Case> {
                 return Err("block: BLOCK_WRITE did not reach the disk".into());
             }
             Ok(())
+        }),
+        ("gadget_in_bounds", || {
+            // The gadget is found and the filter admits the shape the
+            // tender itself uses: one block inside the disk.
+            let (r, disk) = gadget("gadget_in_bounds", "512 1536")?;
+            check("gadget_in_bounds", &r, 0, &[])?;
+            if disk.len() != 2048 || disk[..1536].iter().any(|&b| b != 0xee) {
+                return Err(format!(
+                    "gadget_in_bounds: disk changed outside the block: {r:?}"
+                ));
+            }
+            if disk[1536..].iter().any(|&b| b != 0) {
+                return Err(format!("gadget_in_bounds: the write did not land: {r:?}"));
+            }
+            Ok(())
+        }),
+        ("gadget_past_end", || {
+            gadget_stopped("gadget_past_end", "512 1099511627776")
+        }),
+        ("gadget_huge_length", || {
+            gadget_stopped("gadget_huge_length", "1048576 0")
+        }),
+        ("gadget_odd_length", || {
+            gadget_stopped("gadget_odd_length", "100 0")
         }),
         ("clash", || {
             expect(
@@ -729,7 +917,11 @@ fn main() {
         let dir = PathBuf::from(args.get(i + 1).expect("--dump DIR"));
         std::fs::create_dir_all(&dir).unwrap();
         for (name, _) in cases() {
-            let guest = if name == "clash" { "hello" } else { name };
+            let guest = match name {
+                "clash" => "hello",
+                n if n.starts_with("gadget_") => "gadget_pwrite",
+                n => n,
+            };
             let p = dir.join(format!("{name}.kiln"));
             std::fs::write(&p, image_bytes(code(guest), &manifest(guest))).unwrap();
             println!("{}", p.display());

@@ -1,8 +1,10 @@
 //! The host resources of one instance: console, clocks and the devices its
 //! manifest declares.
 
-use crate::inherit::{self, FdError};
+use crate::block::BLOCK_SIZE;
+use crate::inherit::{self, FdError, InheritError};
 use crate::net::{self, Backend, Keep, NetDevice, NetError, PlanError};
+use crate::policy::{Disk, HostFds, NetFd};
 use crate::ready::ReadySignal;
 use crate::RunConfig;
 use kiln_abi::{device, DeviceInfo, DEVICE_NAME_LEN, MAX_DEVICES};
@@ -10,9 +12,6 @@ use kiln_image::device_name;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
-
-/// Block size of every block device.
-pub const BLOCK_SIZE: u32 = 512;
 
 /// Why an instance's host side could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +64,8 @@ pub enum TenderError {
     #[error(transparent)]
     ReadyFd(#[from] FdError),
     /// One descriptor for two purposes.
-    #[error("descriptor {0} is given both as --ready-fd {0} and as --net fd:{0}")]
-    FdShared(RawFd),
+    #[error(transparent)]
+    FdShared(InheritError),
     /// SIGPIPE could not be ignored.
     #[error("cannot ignore SIGPIPE (needed with --ready-fd and --net fd:N)")]
     Sigpipe(#[source] std::io::Error),
@@ -140,7 +139,7 @@ impl Host {
         let ready_fd = match cfg.ready_fd {
             Some(fd) => {
                 if net_plans.iter().any(|p| p.backend == Backend::Fd(fd)) {
-                    return Err(TenderError::FdShared(fd));
+                    return Err(TenderError::FdShared(InheritError::Shared(fd)));
                 }
                 inherit::check_ready(fd)?;
                 Some(inherit::claim(fd, inherit::READY_FLAG)?)
@@ -262,16 +261,35 @@ impl Host {
         self.devices.iter().map(|(info, _)| *info).collect()
     }
 
-    /// The block devices' descriptors: BLOCK_READ and BLOCK_WRITE use
-    /// `pread64` and `pwrite64` on these (and on no others).
-    pub fn fds(&self) -> Vec<RawFd> {
-        self.devices
-            .iter()
-            .filter_map(|(_, d)| match d {
-                Device::Block { file, .. } => Some(file.as_raw_fd()),
-                Device::Net { .. } | Device::Lent { .. } => None,
-            })
-            .collect()
+    /// The descriptors the hypercall path uses, with the sizes the
+    /// sandboxes pin on them ([`crate::Policy::hypercall_path`]): the block
+    /// devices' files and capacities (BLOCK_READ and BLOCK_WRITE use
+    /// `pread64`/`pwrite64` on these and on no others), the network
+    /// backends on the hypercall path with the most each writes at once,
+    /// and `--ready-fd`.
+    pub fn sandbox_fds(&self) -> HostFds {
+        let mut fds = HostFds {
+            ready: self.ready_fd(),
+            ..HostFds::default()
+        };
+        for (_, d) in &self.devices {
+            match d {
+                Device::Block { file, capacity } => fds.disks.push(Disk {
+                    fd: file.as_raw_fd(),
+                    capacity: *capacity,
+                }),
+                Device::Net { dev, .. } => {
+                    if let Some(fd) = dev.fd() {
+                        fds.nets.push(NetFd {
+                            fd,
+                            largest_write: dev.largest_write() as u64,
+                        });
+                    }
+                }
+                Device::Lent { .. } => {}
+            }
+        }
+        fds
     }
 
     /// The descriptor READY writes its byte to (`--ready-fd`), if any: the

@@ -9,6 +9,14 @@
 //! number that passes names the inherited descriptor, not one of kiln's;
 //! the tender then takes ownership ([`claim`]) and marks it close-on-exec
 //! (a helper such as passt must not inherit it).
+//!
+//! The numbers come from whoever started `kiln run`, and what they name is
+//! whatever that process left open: both are untrusted. The decisions are
+//! made on the kernel's answers alone (`F_GETFL`, `fstat`'s file type,
+//! `SO_DOMAIN`, `SO_TYPE`), asked through [`Inspect`], so that the same
+//! code runs on [`Kernel`] in production and on made-up answers in tests
+//! and in the `inherit` fuzz target. [`check_inherited`] is the whole
+//! check of `kiln run`'s flags.
 
 use std::fmt;
 use std::io;
@@ -111,87 +119,111 @@ impl fmt::Display for FrameSocket {
     }
 }
 
-/// `fcntl(fd, F_GETFL)`: the file status flags, `NotOpen` for EBADF.
-fn status_flags(fd: RawFd) -> Result<libc::c_int, FdProblem> {
+/// What the checks ask the kernel about a descriptor.
+pub trait Inspect {
+    /// `fcntl(fd, F_GETFL)`: the file status flags.
+    fn status_flags(&self, fd: RawFd) -> io::Result<libc::c_int>;
+    /// `fstat(fd)`: the file type and mode (`st_mode`).
+    fn mode(&self, fd: RawFd) -> io::Result<libc::mode_t>;
+    /// `getsockopt(fd, SOL_SOCKET, opt)` for an integer option.
+    fn sockopt(&self, fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int>;
+}
+
+/// The real kernel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Kernel;
+
+impl Inspect for Kernel {
+    fn status_flags(&self, fd: RawFd) -> io::Result<libc::c_int> {
+        // SAFETY: F_GETFL takes no pointer; any number is safe to ask about.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(flags)
+    }
+
+    fn mode(&self, fd: RawFd) -> io::Result<libc::mode_t> {
+        // SAFETY: an all-zero stat is a valid value for fstat to overwrite.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a valid, writable stat buffer.
+        if unsafe { libc::fstat(fd, &mut st) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(st.st_mode)
+    }
+
+    fn sockopt(&self, fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `value` and `len` are valid for writes; the kernel writes at
+        // most `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(value)
+    }
+}
+
+/// The file status flags of an open descriptor above the standard ones:
+/// `NotOpen` for a negative number or EBADF.
+fn open_and_not_standard(k: &impl Inspect, fd: RawFd) -> Result<libc::c_int, FdProblem> {
     if fd < 0 {
         return Err(FdProblem::NotOpen);
     }
-    // SAFETY: F_GETFL takes no pointer; any number is safe to ask about.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        let e = io::Error::last_os_error();
-        return Err(match e.raw_os_error() {
-            Some(libc::EBADF) => FdProblem::NotOpen,
-            _ => FdProblem::Io(e),
-        });
-    }
-    Ok(flags)
-}
-
-fn open_and_not_standard(fd: RawFd) -> Result<libc::c_int, FdProblem> {
-    let flags = status_flags(fd)?;
+    let flags = k.status_flags(fd).map_err(|e| match e.raw_os_error() {
+        Some(libc::EBADF) => FdProblem::NotOpen,
+        _ => FdProblem::Io(e),
+    })?;
     if (0..=2).contains(&fd) {
         return Err(FdProblem::Standard);
     }
     Ok(flags)
 }
 
-fn file_kind(fd: RawFd) -> Result<&'static str, FdProblem> {
-    // SAFETY: an all-zero stat is a valid value for fstat to overwrite.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid, writable stat buffer.
-    if unsafe { libc::fstat(fd, &mut st) } < 0 {
-        return Err(FdProblem::Io(io::Error::last_os_error()));
-    }
-    Ok(match st.st_mode & libc::S_IFMT {
+fn file_kind(mode: libc::mode_t) -> &'static str {
+    match mode & libc::S_IFMT {
         libc::S_IFSOCK => "a socket",
         libc::S_IFREG => "a regular file",
         libc::S_IFIFO => "a pipe",
         libc::S_IFCHR => "a character device",
         libc::S_IFBLK => "a block device",
         libc::S_IFDIR => "a directory",
-        _ => "not a socket",
-    })
-}
-
-fn sockopt(fd: RawFd, opt: libc::c_int) -> Result<libc::c_int, FdProblem> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `value` and `len` are valid for writes; the kernel writes at
-    // most `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc < 0 {
-        return Err(FdProblem::Io(io::Error::last_os_error()));
+        libc::S_IFLNK => "a symbolic link",
+        // An eventfd, epoll or other anonymous inode has no type bits.
+        _ => "a file of another kind (no socket, file, pipe or device)",
     }
-    Ok(value)
 }
 
-/// Checks that `fd` is an open `AF_UNIX` socket of type `SOCK_DGRAM` or
-/// `SOCK_SEQPACKET` (above the standard descriptors).
-pub fn check_frame_socket(fd: RawFd) -> Result<FrameSocket, FdError> {
+/// Checks, with the kernel's answers from `k`, that `fd` is an open
+/// `AF_UNIX` socket of type `SOCK_DGRAM` or `SOCK_SEQPACKET` (above the
+/// standard descriptors).
+pub fn classify_frame_socket(k: &impl Inspect, fd: RawFd) -> Result<FrameSocket, FdError> {
     let err = |problem| FdError {
         flag: NET_FLAG,
         fd,
         problem,
     };
-    open_and_not_standard(fd).map_err(err)?;
-    let kind = file_kind(fd).map_err(err)?;
-    if kind != "a socket" {
-        return Err(err(FdProblem::NotSocket(kind)));
+    open_and_not_standard(k, fd).map_err(err)?;
+    let mode = k.mode(fd).map_err(|e| err(FdProblem::Io(e)))?;
+    if mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(err(FdProblem::NotSocket(file_kind(mode))));
     }
-    let family = sockopt(fd, libc::SO_DOMAIN).map_err(err)?;
+    let sockopt = |opt| k.sockopt(fd, opt).map_err(|e| err(FdProblem::Io(e)));
+    let family = sockopt(libc::SO_DOMAIN)?;
     if family != libc::AF_UNIX {
         return Err(err(FdProblem::NotUnix(family)));
     }
-    match sockopt(fd, libc::SO_TYPE).map_err(err)? {
+    match sockopt(libc::SO_TYPE)? {
         libc::SOCK_DGRAM => Ok(FrameSocket::Datagram),
         libc::SOCK_SEQPACKET => Ok(FrameSocket::SeqPacket),
         libc::SOCK_STREAM => Err(err(FdProblem::Stream)),
@@ -199,16 +231,59 @@ pub fn check_frame_socket(fd: RawFd) -> Result<FrameSocket, FdError> {
     }
 }
 
-/// Checks that `fd` is open for writing (above the standard descriptors).
-pub fn check_ready(fd: RawFd) -> Result<(), FdError> {
+/// Checks, with the kernel's answers from `k`, that `fd` is open for
+/// writing (above the standard descriptors).
+pub fn classify_ready(k: &impl Inspect, fd: RawFd) -> Result<(), FdError> {
     let err = |problem| FdError {
         flag: READY_FLAG,
         fd,
         problem,
     };
-    let flags = open_and_not_standard(fd).map_err(err)?;
+    let flags = open_and_not_standard(k, fd).map_err(err)?;
     if flags & libc::O_ACCMODE == libc::O_RDONLY {
         return Err(err(FdProblem::ReadOnly));
+    }
+    Ok(())
+}
+
+/// Checks that `fd` is an open `AF_UNIX` socket of type `SOCK_DGRAM` or
+/// `SOCK_SEQPACKET` (above the standard descriptors).
+pub fn check_frame_socket(fd: RawFd) -> Result<FrameSocket, FdError> {
+    classify_frame_socket(&Kernel, fd)
+}
+
+/// Checks that `fd` is open for writing (above the standard descriptors).
+pub fn check_ready(fd: RawFd) -> Result<(), FdError> {
+    classify_ready(&Kernel, fd)
+}
+
+/// Why the descriptors `kiln run`'s flags name cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum InheritError {
+    /// One of them is not what its flag says.
+    #[error(transparent)]
+    Fd(#[from] FdError),
+    /// One descriptor for two purposes.
+    #[error("descriptor {0} is given both as --ready-fd {0} and as --net fd:{0}")]
+    Shared(RawFd),
+}
+
+/// The check `kiln run` makes before it opens anything: every `--net fd:N`
+/// (`net`, in the order given) is a frame socket, and `--ready-fd`
+/// (`ready`) is writable and not one of them.
+pub fn check_inherited(
+    k: &impl Inspect,
+    net: &[RawFd],
+    ready: Option<RawFd>,
+) -> Result<(), InheritError> {
+    for &fd in net {
+        classify_frame_socket(k, fd)?;
+    }
+    if let Some(fd) = ready {
+        if net.contains(&fd) {
+            return Err(InheritError::Shared(fd));
+        }
+        classify_ready(k, fd)?;
     }
     Ok(())
 }
@@ -224,7 +299,7 @@ pub fn check_ready(fd: RawFd) -> Result<(), FdError> {
 /// refused.
 pub(crate) fn claim(fd: RawFd, flag: &'static str) -> Result<OwnedFd, FdError> {
     let err = |problem| FdError { flag, fd, problem };
-    let flags = open_and_not_standard(fd).map_err(err)?;
+    let flags = open_and_not_standard(&Kernel, fd).map_err(err)?;
     // SAFETY: F_SETFL and F_SETFD take integers.
     let ok = unsafe {
         libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) >= 0
@@ -304,6 +379,22 @@ mod tests {
             check_frame_socket(1).map_err(|e| e.problem),
             Err(FdProblem::Standard) | Err(FdProblem::NotOpen)
         ));
+    }
+
+    #[test]
+    fn a_descriptor_of_no_file_type_is_named_sensibly() {
+        // An eventfd (an anonymous inode) has no file type bits at all;
+        // the message used to read "is not a socket, not a socket".
+        // SAFETY: eventfd takes no pointer; the new descriptor is ours.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(raw >= 0);
+        // SAFETY: `raw` is new and owned by nothing else.
+        let efd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let e = check_frame_socket(efd.as_raw_fd()).unwrap_err().to_string();
+        assert!(
+            e.contains("is a file of another kind (no socket, file, pipe or device), not a socket"),
+            "{e}"
+        );
     }
 
     #[test]

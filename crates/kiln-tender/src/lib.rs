@@ -7,7 +7,9 @@
 //! ([`dispatch`]), the devices of one instance ([`Host`]) with their
 //! network backends ([`net`]: tap, passt, an inherited socket), READY and
 //! the descriptors inherited from kiln's parent ([`inherit`]), the [`BootInfo`]
-//! block ([`BootBlock`]) and how an instance ends ([`Outcome`], [`finish`]).
+//! block ([`BootBlock`]), how an instance ends ([`Outcome`], [`finish`]),
+//! how block I/O reaches the disk files ([`block`]) and the seccomp policy
+//! both tenders compile their filters from ([`Policy`]).
 //!
 //! Guest memory is reached only through the [`GuestMemory`] trait, whose
 //! implementations refuse any range that is not wholly guest memory. The
@@ -20,6 +22,7 @@
 // signal handlers must not allocate; the size is the point, not an accident.
 #![allow(clippy::large_enum_variant, clippy::result_large_err)]
 
+pub mod block;
 mod boot;
 mod config;
 mod dispatch;
@@ -28,6 +31,7 @@ pub mod inherit;
 mod memory;
 pub mod net;
 mod outcome;
+pub mod policy;
 mod ready;
 pub mod size;
 pub mod sys;
@@ -38,6 +42,7 @@ pub use dispatch::{dispatch, Control};
 pub use host::{Host, TenderError};
 pub use memory::{GuestMemory, MemError, VecMemory};
 pub use outcome::{finish, Fault, Message, Outcome, Violation};
+pub use policy::{HostFds, Policy};
 pub use ready::READY_BYTE;
 
 #[cfg(test)]

@@ -639,3 +639,24 @@ fn ready_survives_a_full_pipe_and_a_reader_that_is_gone() {
         assert!(host.is_ready());
     }
 }
+
+#[test]
+fn a_full_stream_buffer_is_not_mistaken_for_a_closed_peer() {
+    // POLL twice without a NET_READ in between while the peer has more
+    // than the device's read buffer (64 KiB) waiting: the second POLL
+    // found the buffer full, read into an empty slice, got 0 bytes and
+    // took the device down as if the peer had closed (found while
+    // writing the net_stream fuzz target).
+    let (fake, mut dev) = passt_like();
+    let frames: Vec<Vec<u8>> = (0..100u8).map(|i| frame(1000, i)).collect();
+    fake.push(&framed(&frames));
+    assert!(dev.on_poll(libc::POLLIN));
+    assert!(dev.on_poll(libc::POLLIN));
+    assert_eq!(dev.down(), None);
+    let mut got = Vec::new();
+    while let Ok(Some(f)) = dev.recv(FRAME_MAX, <[u8]>::to_vec) {
+        got.push(f);
+    }
+    assert_eq!(dev.down(), None);
+    assert_eq!(got, frames);
+}

@@ -6,6 +6,9 @@
 use core::fmt::{self, Write as _};
 use kiln_abi::{ABORT_MSG_MAX, EXIT_ABORTED, EXIT_CRASHED};
 
+/// What starts every line after the first of a guest-supplied message.
+const CONTINUATION: &[u8] = b"  ";
+
 /// A bounded UTF-8 message held inline (no allocation).
 #[derive(Clone)]
 pub struct Message {
@@ -22,20 +25,27 @@ impl Message {
         }
     }
 
-    /// A message from bytes the guest supplied: cut to the capacity and with
+    /// A message from bytes the guest supplied: cut to the capacity, with
     /// invalid UTF-8 and control characters (other than newline and tab)
-    /// replaced by '?', so a guest cannot forge terminal escapes.
+    /// replaced by '?', so a guest cannot forge terminal escapes, and every
+    /// line after the first indented by two spaces, so that it cannot
+    /// pass for a report line of the tender's own ("kiln: ...").
     pub fn from_guest(bytes: &[u8]) -> Self {
         let mut m = Message::new();
-        let n = bytes.len().min(m.buf.len());
-        for (dst, &b) in m.buf.iter_mut().zip(&bytes[..n]) {
-            *dst = if b == b'\n' || b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80 {
+        let mut rest = bytes.iter().peekable();
+        while let Some(&b) = rest.next() {
+            let b = if b == b'\n' || b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80 {
                 b
             } else {
                 b'?'
             };
+            if !m.push(b) {
+                break;
+            }
+            if b == b'\n' && rest.peek().is_some() && !CONTINUATION.iter().all(|&c| m.push(c)) {
+                break;
+            }
         }
-        m.len = n;
         // Keep the longest valid UTF-8 prefix, turning stray bytes into '?'.
         while let Err(e) = core::str::from_utf8(&m.buf[..m.len]) {
             let at = e.valid_up_to();
@@ -45,6 +55,18 @@ impl Message {
             }
         }
         m
+    }
+
+    /// Appends one byte; false when full.
+    fn push(&mut self, b: u8) -> bool {
+        match self.buf.get_mut(self.len) {
+            Some(slot) => {
+                *slot = b;
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
     }
 
     /// The text.
@@ -272,6 +294,24 @@ mod tests {
         assert_eq!(
             Message::from_guest(&v).as_str().len(),
             ABORT_MSG_MAX as usize - 1
+        );
+    }
+
+    #[test]
+    fn guest_messages_cannot_start_a_report_line() {
+        let forged = b"oops\nkiln: instance exited with code 0\n";
+        let m = Message::from_guest(forged);
+        assert_eq!(m.as_str(), "oops\n  kiln: instance exited with code 0\n");
+        let line = Outcome::Aborted(m).to_string();
+        assert!(
+            line.lines().skip(1).all(|l| l.starts_with("  ")),
+            "{line:?}"
+        );
+        // Indenting never runs past the capacity.
+        let newlines = [b'\n'; 5000];
+        assert_eq!(
+            Message::from_guest(&newlines).as_str().len(),
+            ABORT_MSG_MAX as usize
         );
     }
 

@@ -182,7 +182,14 @@ fn block_devices_read_and_write_and_check_bounds() {
     cfg.disks.push(("data".into(), disk.clone()));
     let mut host = Host::open(&cfg).unwrap();
     assert_eq!(host.device_infos()[0].capacity, 8192);
-    assert_eq!(host.fds().len(), 1);
+    assert_eq!(
+        host.sandbox_fds()
+            .disks
+            .iter()
+            .map(|d| d.capacity)
+            .collect::<Vec<_>>(),
+        [8192]
+    );
     let mut mem = VecMemory {
         base: BASE,
         bytes: vec![0; 0x10000],

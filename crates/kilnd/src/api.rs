@@ -6,9 +6,10 @@
 pub mod guard;
 pub mod listen;
 
+use crate::capacity::{ConnRefusal, InstanceRefusal, NoStart};
 use crate::daemon::{Daemon, Service};
 use crate::instance::Instance;
-use crate::metrics::{self, Snapshot};
+use crate::metrics::{self, DaemonSnapshot, Snapshot};
 use guard::Policy;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -103,6 +104,17 @@ fn service_json(s: &Service) -> Value {
         "requests": m.connections.load(Relaxed),
         "requests_failed": m.connections_failed.load(Relaxed),
         "crashes": m.crashes.load(Relaxed),
+        "connections_open": s.open_connections(),
+        "refused": {
+            "connections": ConnRefusal::ALL.iter()
+                .map(|r| (r.label().to_string(), json!(m.refused[r.index()].load(Relaxed))))
+                .collect::<serde_json::Map<_, _>>(),
+            "instances": InstanceRefusal::ALL.iter()
+                .map(|r| (r.label().to_string(), json!(m.instance_refusals[r.index()].load(Relaxed))))
+                .collect::<serde_json::Map<_, _>>(),
+        },
+        "last_refusal": s.last_refusal(),
+        "connections_reset_on_stop": m.reset_on_stop.load(Relaxed),
     })
 }
 
@@ -113,10 +125,12 @@ fn render_metrics(d: &Daemon) -> String {
         .map(|s| {
             let insts = s.instances();
             let (mut bi, mut bo, mut secs, mut starting, mut ready) = (0, 0, 0.0, 0, 0);
+            let mut failed = 0;
             for i in &insts {
                 let c = i.peer.counters();
                 bi += c.bytes_to_guest.load(Relaxed);
                 bo += c.bytes_from_guest.load(Relaxed);
+                failed += c.connections_failed.load(Relaxed);
                 secs += i.started.elapsed().as_secs_f64();
                 match i.phase().name() {
                     "starting" => starting += 1,
@@ -131,10 +145,20 @@ fn render_metrics(d: &Daemon) -> String {
                 live_seconds: secs,
                 starting,
                 ready,
+                live_link_failed: failed,
+                open: s.open_connections(),
             }
         })
         .collect();
-    metrics::render(&snaps)
+    metrics::render(
+        &snaps,
+        &DaemonSnapshot {
+            descriptors: d.usage.fds(),
+            descriptor_limit: d.usage.limit(),
+            connections: d.usage.connections(),
+            starting: d.usage.starting(),
+        },
+    )
 }
 
 /// What every connection of one API shares.
@@ -189,6 +213,12 @@ async fn answer(api: &Api, route: Route) -> Resp {
                     "config": d.config_path.display().to_string(),
                     "services": services.len(),
                     "instances": instances,
+                    "descriptors": d.usage.fds(),
+                    "descriptor_limit": d.usage.limit(),
+                    "connections": d.usage.connections(),
+                    "max_connections": d.limits().max_connections,
+                    "instances_starting": d.usage.starting(),
+                    "max_starting": d.limits().max_starting,
                 }),
             )
         }
@@ -243,7 +273,18 @@ async fn answer(api: &Api, route: Route) -> Resp {
                     Ok(()) => json_reply(StatusCode::OK, instance_json(&i)),
                     Err(e) => error(StatusCode::BAD_GATEWAY, e),
                 },
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                Err(NoStart::Busy) => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "{} instances are starting, [daemon] max_starting = {}; try again",
+                        d.usage.starting(),
+                        d.limits().max_starting
+                    ),
+                ),
+                Err(NoStart::Refused(_, e)) => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("new instance refused: {e}"),
+                ),
             }
         }
         Route::Reload => match d.reload().await {
@@ -260,24 +301,55 @@ async fn answer(api: &Api, route: Route) -> Resp {
     }
 }
 
-/// Serves the API until the task is dropped.
+/// Serves the API until the task is dropped. A failed accept (EMFILE
+/// when kilnd is at its descriptor limit) is said once and retried after
+/// a short pause: the API never stops listening.
 pub async fn serve(l: Listener, api: Arc<Api>) -> std::io::Result<()> {
-    match l {
+    enum Bound {
+        Unix(tokio::net::UnixListener),
+        Tcp(tokio::net::TcpListener),
+    }
+    let l = match l {
         Listener::Unix(l) => {
             l.set_nonblocking(true)?;
-            let l = tokio::net::UnixListener::from_std(l)?;
-            loop {
-                let (s, _) = l.accept().await?;
-                tokio::spawn(serve_conn(s, api.clone(), None));
-            }
+            Bound::Unix(tokio::net::UnixListener::from_std(l)?)
         }
         Listener::Tcp(l) => {
             l.set_nonblocking(true)?;
-            let l = tokio::net::TcpListener::from_std(l)?;
-            loop {
-                let (s, _) = l.accept().await?;
+            Bound::Tcp(tokio::net::TcpListener::from_std(l)?)
+        }
+    };
+    let d = &api.daemon;
+    let mut failing = 0u64;
+    loop {
+        let accepted = match &l {
+            Bound::Unix(l) => l.accept().await.map(|(s, _)| {
+                tokio::spawn(serve_conn(s, api.clone(), None));
+            }),
+            Bound::Tcp(l) => l.accept().await.map(|(s, _)| {
                 let local = s.local_addr().ok();
                 tokio::spawn(serve_conn(s, api.clone(), local));
+            }),
+        };
+        match accepted {
+            Ok(()) if failing > 0 => {
+                eprintln!("kilnd: API: accepting again after {failing} failed accepts");
+                failing = 0;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    d.usage.recount();
+                }
+                if failing == 0 {
+                    eprintln!(
+                        "kilnd: API: accept failed: {e} (kilnd holds {} of {} descriptors); retrying",
+                        d.usage.fds(),
+                        d.usage.limit()
+                    );
+                }
+                failing += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
     }
@@ -291,6 +363,8 @@ pub async fn serve_conn<S>(s: S, api: Arc<Api>, local: Option<SocketAddr>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // Counted among kilnd's descriptors while it is open.
+    let _counted = api.daemon.usage.api_connection();
     let policy = Arc::new(Policy {
         token: local.and(api.token.clone()),
         local,

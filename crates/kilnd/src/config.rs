@@ -2,7 +2,12 @@
 //! value so that an error names the line it comes from; [`load`] checks
 //! everything that can be checked without binding a port (images are
 //! opened and validated, sizes and durations parsed, names and addresses
-//! unique).
+//! unique, no two services on overlapping addresses). What the host can
+//! hold is checked apart, by [`crate::capacity::check`].
+//!
+//! [`parse_with`] is the whole parser and validator with the image check
+//! passed in, so that it runs (and is fuzzed) without a filesystem;
+//! [`parse`] and [`load`] give it the real one.
 
 use kiln_tender::size::parse_size;
 use serde::Deserialize;
@@ -16,8 +21,17 @@ use toml::Spanned;
 /// Guest memory kilnd accepts per instance.
 const MEMORY_MIN: u64 = 2 << 20;
 const MEMORY_MAX: u64 = 1 << 30;
-/// Largest `max_instances`.
+/// Largest `max_instances`, `concurrency`, `max_starting` and daemon-wide
+/// counts.
 const INSTANCES_MAX: i64 = 100_000;
+/// Largest `max_connections` (per service or daemon-wide).
+const CONNECTIONS_MAX: i64 = 10_000_000;
+/// Default of `max_starting`: instances of one service starting at once.
+pub const MAX_STARTING_DEFAULT: u32 = 4;
+/// Default of `[daemon] max_starting`: instances starting at once in all.
+pub const DAEMON_MAX_STARTING_DEFAULT: u32 = 64;
+/// Default of `first_byte_timeout`.
+pub const FIRST_BYTE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
 /// Which tender runs a service's instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,8 +111,32 @@ pub struct ServiceSpec {
     pub cpu_limit: Option<Duration>,
     /// How long a held connection waits for a new instance to be ready.
     pub ready_timeout: Duration,
-    /// Line of the `listen` key, for errors found when binding.
-    pub listen_line: usize,
+    /// Client connections of this service open at once (held and
+    /// spliced); `None`: a quarter of the daemon-wide cap.
+    pub max_connections: Option<u32>,
+    /// Instances of this service starting (spawned, not yet READY) at
+    /// once; further connections wait for those instead of starting more.
+    pub max_starting: u32,
+    /// How long kilnd holds a connection whose client has sent nothing
+    /// (while its instance starts, or before it may start another one);
+    /// zero: never close such a connection and never start an instance
+    /// beyond the first for it.
+    pub first_byte_timeout: Duration,
+    /// Lines of some keys, for errors found after parsing.
+    pub lines: Lines,
+}
+
+/// Where a service's keys are written (1-based lines).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lines {
+    /// `name`.
+    pub name: usize,
+    /// `listen`, for errors found when binding.
+    pub listen: usize,
+    /// `max_instances`, else `name`.
+    pub max_instances: usize,
+    /// `max_connections`, else `name`.
+    pub max_connections: usize,
 }
 
 impl ServiceSpec {
@@ -106,9 +144,26 @@ impl ServiceSpec {
     /// written in the file.
     pub fn same_as(&self, other: &ServiceSpec) -> bool {
         let mut a = self.clone();
-        a.listen_line = other.listen_line;
+        a.lines = other.lines.clone();
         a == *other
     }
+}
+
+/// The optional `[daemon]` table: limits over all services.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DaemonSpec {
+    /// Client connections open at once over all services; `None`: half of
+    /// kilnd's descriptor limit.
+    pub max_connections: Option<u32>,
+    /// Instances running at once over all services; `None`: as many as
+    /// descriptors, tasks and memory allow (each start is checked).
+    pub max_instances: Option<u32>,
+    /// Instances starting at once over all services.
+    pub max_starting: u32,
+    /// Line of the `[daemon]` table (0 when absent), and of its keys.
+    pub line: usize,
+    /// Line of `max_connections`, else of the table.
+    pub max_connections_line: usize,
 }
 
 /// A validated configuration.
@@ -116,6 +171,8 @@ impl ServiceSpec {
 pub struct Config {
     /// The file it came from.
     pub path: PathBuf,
+    /// Daemon-wide limits.
+    pub daemon: DaemonSpec,
     /// The services, in file order.
     pub services: Vec<ServiceSpec>,
 }
@@ -143,8 +200,17 @@ impl fmt::Display for ConfigError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
+    daemon: Option<Spanned<RawDaemon>>,
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    max_connections: Option<Spanned<i64>>,
+    max_instances: Option<Spanned<i64>>,
+    max_starting: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -164,6 +230,9 @@ struct RawService {
     concurrency: Option<Spanned<i64>>,
     cpu_limit: Option<Spanned<String>>,
     ready_timeout: Option<Spanned<String>>,
+    max_connections: Option<Spanned<i64>>,
+    max_starting: Option<Spanned<i64>>,
+    first_byte_timeout: Option<Spanned<String>>,
 }
 
 /// Reads and validates a configuration file.
@@ -183,50 +252,131 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Validates configuration text; relative image paths are taken from `base`.
 pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
+    parse_with(text, path, base, &check_image)
+}
+
+/// [`parse`] with the image check passed in: `check_image` gets the
+/// image's path (joined to `base`) and says what is wrong with it.
+pub fn parse_with(
+    text: &str,
+    path: &Path,
+    base: &Path,
+    check_image: &dyn Fn(&Path) -> Result<(), String>,
+) -> Result<Config, ConfigError> {
     let err = |span: Option<std::ops::Range<usize>>, reason: String| ConfigError {
         path: path.to_path_buf(),
         line: span.map(|s| line_of(text, s.start)),
         reason,
     };
     let raw: RawFile = toml::from_str(text).map_err(|e| err(e.span(), one_line(e.message())))?;
+    let daemon = match &raw.daemon {
+        None => DaemonSpec {
+            max_starting: DAEMON_MAX_STARTING_DEFAULT,
+            ..DaemonSpec::default()
+        },
+        Some(d) => daemon(d.get_ref())
+            .map(|mut spec| {
+                spec.line = line_of(text, d.span().start);
+                spec.max_connections_line = d
+                    .get_ref()
+                    .max_connections
+                    .as_ref()
+                    .map_or(spec.line, |v| line_of(text, v.span().start));
+                spec
+            })
+            .map_err(|(span, reason)| err(Some(span), format!("[daemon]: {reason}")))?,
+    };
     let mut services: Vec<ServiceSpec> = Vec::new();
     for s in &raw.service {
-        let spec = service(s.get_ref(), base).map_err(|(span, reason)| {
-            let name = s.get_ref().name.get_ref();
+        let r = s.get_ref();
+        let spec = service(r, base, check_image).map_err(|(span, reason)| {
+            let name = r.name.get_ref();
             err(Some(span), format!("service \"{name}\": {reason}"))
         })?;
         let at = |v: &Spanned<String>| Some(v.span());
         if services.iter().any(|o| o.name == spec.name) {
             return Err(err(
-                at(&s.get_ref().name),
+                at(&r.name),
                 format!("service \"{}\" is declared twice", spec.name),
             ));
         }
-        if let Some(o) = services
-            .iter()
-            .find(|o| o.listen == spec.listen && spec.listen.port() != 0)
-        {
+        if let Some(o) = services.iter().find(|o| overlaps(o.listen, spec.listen)) {
+            let how = if o.listen == spec.listen {
+                "is already used by".to_string()
+            } else {
+                format!("overlaps {} of", o.listen)
+            };
             return Err(err(
-                at(&s.get_ref().listen),
+                at(&r.listen),
                 format!(
-                    "service \"{}\": listen address {} is already used by service \"{}\"",
+                    "service \"{}\": listen address {} {how} service \"{}\" (one port, one service)",
                     spec.name, spec.listen, o.name
                 ),
             ));
         }
         let mut spec = spec;
-        spec.listen_line = line_of(text, s.get_ref().listen.span().start);
+        let line = |span: std::ops::Range<usize>| line_of(text, span.start);
+        let name_line = line(r.name.span());
+        spec.lines = Lines {
+            name: name_line,
+            listen: line(r.listen.span()),
+            max_instances: r
+                .max_instances
+                .as_ref()
+                .map_or(name_line, |v| line(v.span())),
+            max_connections: r
+                .max_connections
+                .as_ref()
+                .map_or(name_line, |v| line(v.span())),
+        };
         services.push(spec);
     }
     Ok(Config {
         path: path.to_path_buf(),
+        daemon,
         services,
+    })
+}
+
+/// Whether two listen addresses cannot both be bound: the same port (not
+/// 0, which the kernel picks) and either the same address, or a wildcard
+/// that covers the other. `0.0.0.0` covers every IPv4 address and `[::]`
+/// every address of both families (Linux binds it dual-stack), so `[::]:P`
+/// overlaps anything on `P`; `[::1]:P` and `127.0.0.1:P` do not overlap.
+pub fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let wild_v6 = |x: &SocketAddr| x.is_ipv6() && x.ip().is_unspecified();
+    if a.ip() == b.ip() || wild_v6(&a) || wild_v6(&b) {
+        return true;
+    }
+    a.is_ipv4() && b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn daemon(d: &RawDaemon) -> Result<DaemonSpec, Bad> {
+    let count = |v: &Option<Spanned<i64>>, key: &str, max: i64| match v {
+        None => Ok(None),
+        Some(n) if (1..=max).contains(n.get_ref()) => Ok(Some(*n.get_ref() as u32)),
+        Some(n) => Err((n.span(), format!("{key} must be between 1 and {max}"))),
+    };
+    Ok(DaemonSpec {
+        max_connections: count(&d.max_connections, "max_connections", CONNECTIONS_MAX)?,
+        max_instances: count(&d.max_instances, "max_instances", INSTANCES_MAX)?,
+        max_starting: count(&d.max_starting, "max_starting", INSTANCES_MAX)?
+            .unwrap_or(DAEMON_MAX_STARTING_DEFAULT),
+        line: 0,
+        max_connections_line: 0,
     })
 }
 
 type Bad = (std::ops::Range<usize>, String);
 
-fn service(s: &RawService, base: &Path) -> Result<ServiceSpec, Bad> {
+fn service(
+    s: &RawService,
+    base: &Path,
+    check_image: &dyn Fn(&Path) -> Result<(), String>,
+) -> Result<ServiceSpec, Bad> {
     let bad = |v: std::ops::Range<usize>, m: String| (v, m);
     let name = s.name.get_ref();
     if name.is_empty()
@@ -309,16 +459,21 @@ fn service(s: &RawService, base: &Path) -> Result<ServiceSpec, Bad> {
             Some(v)
         }
     };
-    let count = |v: &Option<Spanned<i64>>, key: &str, default: u32| match v {
-        None => Ok(default),
-        Some(n) if (1..=INSTANCES_MAX).contains(n.get_ref()) => Ok(*n.get_ref() as u32),
-        Some(n) => Err(bad(
-            n.span(),
-            format!("{key} must be between 1 and {INSTANCES_MAX}"),
-        )),
+    let first_byte_timeout = duration(
+        &s.first_byte_timeout,
+        "first_byte_timeout",
+        FIRST_BYTE_TIMEOUT_DEFAULT,
+    )?;
+    let count = |v: &Option<Spanned<i64>>, key: &str, max: i64| match v {
+        None => Ok(None),
+        Some(n) if (1..=max).contains(n.get_ref()) => Ok(Some(*n.get_ref() as u32)),
+        Some(n) => Err(bad(n.span(), format!("{key} must be between 1 and {max}"))),
     };
-    let max_instances = count(&s.max_instances, "max_instances", 1)?;
-    let concurrency = count(&s.concurrency, "concurrency", 16)?;
+    let max_instances = count(&s.max_instances, "max_instances", INSTANCES_MAX)?.unwrap_or(1);
+    let concurrency = count(&s.concurrency, "concurrency", INSTANCES_MAX)?.unwrap_or(16);
+    let max_starting =
+        count(&s.max_starting, "max_starting", INSTANCES_MAX)?.unwrap_or(MAX_STARTING_DEFAULT);
+    let max_connections = count(&s.max_connections, "max_connections", CONNECTIONS_MAX)?;
     let env = s
         .env
         .as_ref()
@@ -347,13 +502,16 @@ fn service(s: &RawService, base: &Path) -> Result<ServiceSpec, Bad> {
         concurrency,
         cpu_limit,
         ready_timeout,
-        listen_line: 0,
+        max_connections,
+        max_starting,
+        first_byte_timeout,
+        lines: Lines::default(),
     })
 }
 
 /// Opens and validates an image: a kiln image with exactly one network
 /// device, which kilnd connects.
-fn check_image(path: &Path) -> Result<(), String> {
+pub fn check_image(path: &Path) -> Result<(), String> {
     if !path.exists() {
         return Err("no such file (build it with `kiln build`)".into());
     }

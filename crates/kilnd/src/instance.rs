@@ -1,16 +1,25 @@
 //! One instance: a `kiln run` child whose only network device is one end
 //! of a datagram socketpair (the other end is a [`kiln_peer`] link owned
 //! here), and whose READY hypercall arrives as a byte on a pipe.
+//!
+//! Descriptors kilnd holds per instance ([`crate::capacity::FDS_PER_INSTANCE`]):
+//! its end of the link and the read end of one pipe that carries both the
+//! tender's standard output and standard error; while it starts, also the
+//! READY pipe, closed once READY arrives. The child is reaped by
+//! [`crate::reaper`], without a pidfd.
 
+use crate::capacity::StartSlot;
 use crate::config::ServiceSpec;
 use crate::logs::{unix_ms, LineSplitter, LogRing, Piece, Source};
 use crate::metrics::ServiceMetrics;
+use crate::reaper;
 use kiln_peer::{LinkConfig, PeerHandle};
 use kilnd_api::term::escape_controls;
 use serde::Serialize;
 use std::io::{self, IsTerminal};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -29,6 +38,13 @@ const ADDRESS_SPACE_HEADROOM: u64 = 512 << 20;
 /// Descriptor numbers the child finds its link and ready pipe at.
 const CHILD_NET_FD: RawFd = 3;
 const CHILD_READY_FD: RawFd = 4;
+/// How long the link may take to see that its instance has gone (and to
+/// reset, and count, the connections it still had) before it is closed.
+const LINK_END_WAIT: Duration = Duration::from_secs(2);
+/// The prefix of the tender's own messages on standard error; lines with
+/// it are tagged `err` in the log, others `out`. (Both streams share one
+/// pipe; a guest that prints such a line only mislabels its own output.)
+const TENDER_PREFIX: &str = "kiln: ";
 
 /// Where an instance is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +121,12 @@ pub struct Instance {
     killed: AtomicBool,
     /// Since when it has had no connection (None while it has some).
     pub idle_since: Mutex<Option<Instant>>,
+    /// Client connections reset because kilnd stopped it (set when it has
+    /// been reaped).
+    pub reset_on_stop: AtomicU64,
+    /// Its admission: counted as starting until READY, as an instance
+    /// until reaped.
+    slot: Mutex<Option<StartSlot>>,
 }
 
 impl Instance {
@@ -191,6 +213,10 @@ impl Instance {
     pub fn active(&self) -> usize {
         *self.active.borrow()
     }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<StartSlot>> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 fn unreachable_exit(id: u64) -> Exit {
@@ -219,19 +245,34 @@ pub struct Hooks {
     pub events: bool,
     /// Echo instance output on kilnd's standard error.
     pub output: bool,
+    /// Called with (before, now) whenever the number of client
+    /// connections its link holds changes, last with now = 0.
+    pub on_spliced: Box<dyn Fn(usize, usize) + Send + Sync>,
     /// Called once, after the instance has exited and been reaped.
     pub on_exit: OnExit,
 }
 
-/// Starts an instance of `spec` with the `kiln` binary at `kiln`.
-pub fn spawn(spec: &ServiceSpec, id: u64, kiln: &Path, hooks: Hooks) -> io::Result<Arc<Instance>> {
+/// Starts an instance of `spec` with the `kiln` binary at `kiln`; `slot`
+/// is its admission (see [`crate::capacity::Usage::admit_instance`]).
+pub fn spawn(
+    spec: &ServiceSpec,
+    id: u64,
+    kiln: &Path,
+    slot: StartSlot,
+    hooks: Hooks,
+) -> io::Result<Arc<Instance>> {
     let (ours, theirs) = seqpacket_pair()?;
-    let (ready_rx, ready_tx) = pipe()?;
+    let (ready_rx, ready_tx) = pipe(libc::O_NONBLOCK)?;
+    // One pipe for standard output and standard error: one descriptor
+    // held per instance instead of two. Blocking on the tender's side,
+    // like a terminal.
+    let (out_rx, out_tx) = pipe(0)?;
 
-    let mut cmd = tokio::process::Command::new(kiln);
+    let tender = spec.tender.resolve().as_str();
+    let mut cmd = std::process::Command::new(kiln);
     cmd.arg("run")
         .arg("--tender")
-        .arg(spec.tender.resolve().as_str())
+        .arg(tender)
         .arg("--mem")
         .arg(spec.memory.to_string())
         .arg("--net")
@@ -250,9 +291,8 @@ pub fn spawn(spec: &ServiceSpec, id: u64, kiln: &Path, hooks: Hooks) -> io::Resu
         cmd.arg("--").args(&spec.args);
     }
     cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .stdout(Stdio::from(out_tx.try_clone()?))
+        .stderr(Stdio::from(out_tx));
     let net = theirs.as_raw_fd();
     let ready = ready_tx.as_raw_fd();
     let parent = std::process::id();
@@ -264,57 +304,65 @@ pub fn spawn(spec: &ServiceSpec, id: u64, kiln: &Path, hooks: Hooks) -> io::Resu
     unsafe {
         cmd.pre_exec(move || child_setup(net, ready, parent, cpu, address_space));
     }
-    let mut child = cmd.spawn()?;
+    // std's spawn, not tokio's: tokio would hold a pidfd per child.
+    let child = cmd.spawn()?;
+    let pid = child.id();
+    let exited = reaper::register(pid);
+    // The child has its copies; ours go now.
+    drop(cmd);
+    drop(child);
     drop(theirs);
     drop(ready_tx);
-    let pid = child.id().unwrap_or(0);
 
     let link = LinkConfig {
         guest_port: spec.guest_port,
         ..LinkConfig::default()
     };
-    let (peer, _link_task) = kiln_peer::spawn(ours, link)?;
+    let (peer, link_task) = match kiln_peer::spawn(ours, link) {
+        Ok(p) => p,
+        Err(e) => {
+            reaper::kill(pid);
+            return Err(e);
+        }
+    };
     let active = peer.active();
     let (phase, _) = watch::channel(Phase::Starting);
     let inst = Arc::new(Instance {
         id,
         service: spec.name.clone(),
         pid,
-        tender: spec.tender.resolve().as_str(),
+        tender,
         started: Instant::now(),
         started_unix_ms: unix_ms(),
         peer,
         pending: AtomicUsize::new(0),
         ready_us: AtomicU64::new(0),
         phase,
-        active,
+        active: active.clone(),
         stop_reason: Mutex::new(None),
         kill: Notify::new(),
         killed: AtomicBool::new(false),
         idle_since: Mutex::new(None),
+        reset_on_stop: AtomicU64::new(0),
+        slot: Mutex::new(Some(slot)),
     });
     hooks.metrics.starts.fetch_add(1, Relaxed);
     hooks.logs.push(
         id,
         Source::Kilnd,
-        &format!(
-            "started: pid {pid}, tender {}",
-            spec.tender.resolve().as_str()
-        ),
+        &format!("started: pid {pid}, tender {tender}"),
     );
 
     // Output of the instance.
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    for (stream, source) in [
-        (stdout.map(Reader::Out), Source::Console),
-        (stderr.map(Reader::Err), Source::Tender),
-    ] {
-        if let Some(stream) = stream {
-            let logs = hooks.logs.clone();
-            let output = hooks.output;
-            let name = spec.name.clone();
-            tokio::spawn(copy_lines(stream, source, logs, id, output, name));
+    {
+        let logs = hooks.logs.clone();
+        let output = hooks.output;
+        let name = spec.name.clone();
+        match tokio::net::unix::pipe::Receiver::from_owned_fd(out_rx) {
+            Ok(rx) => {
+                tokio::spawn(copy_lines(rx, logs, id, output, name));
+            }
+            Err(e) => logs.push(id, Source::Kilnd, &format!("its output is lost: {e}")),
         }
     }
 
@@ -330,6 +378,8 @@ pub fn spawn(spec: &ServiceSpec, id: u64, kiln: &Path, hooks: Hooks) -> io::Resu
             };
             let mut byte = [0u8; 1];
             if let Ok(1) = rx.read(&mut byte).await {
+                // One byte is all it says: close the pipe now.
+                drop(rx);
                 let took = inst.started.elapsed();
                 inst.ready_us.store(took.as_micros() as u64, Relaxed);
                 let mut became_ready = false;
@@ -339,6 +389,9 @@ pub fn spawn(spec: &ServiceSpec, id: u64, kiln: &Path, hooks: Hooks) -> io::Resu
                         became_ready = true;
                     }
                 });
+                if let Some(slot) = inst.slot().as_ref() {
+                    slot.started();
+                }
                 if became_ready {
                     metrics.cold_start_seconds.observe(took.as_secs_f64());
                     let msg = format!("ready after {:.2} ms", took.as_secs_f64() * 1e3);
@@ -355,15 +408,65 @@ pub fn spawn(spec: &ServiceSpec, id: u64, kiln: &Path, hooks: Hooks) -> io::Resu
     {
         let inst = inst.clone();
         let on_exit = hooks.on_exit;
+        let on_spliced = hooks.on_spliced;
         let logs = hooks.logs;
+        let metrics = hooks.metrics;
         tokio::spawn(async move {
-            let status = tokio::select! {
-                s = child.wait() => s,
-                _ = inst.kill.notified() => {
-                    let _ = child.start_kill();
-                    child.wait().await
+            let mut exited = exited;
+            let mut active = active;
+            let mut link_task = link_task;
+            let mut link_ended = false;
+            let mut spliced = 0;
+            let mut link_open = true;
+            let mut failed_at_kill: Option<u64> = None;
+            let failed = || inst.peer.counters().connections_failed.load(Relaxed);
+            let status = loop {
+                tokio::select! {
+                    s = &mut exited => break s,
+                    _ = inst.kill.notified(), if failed_at_kill.is_none() => {
+                        // What the link counts as failed from here on are
+                        // the connections this stop resets.
+                        failed_at_kill = Some(failed());
+                        reaper::kill(inst.pid);
+                    }
+                    r = active.changed(), if link_open => {
+                        link_open = r.is_ok();
+                        let now = *active.borrow_and_update();
+                        on_spliced(spliced, now);
+                        spliced = now;
+                    }
+                    // A link that fails while its instance runs (a panic in
+                    // the network stack, reached by what the guest sent; a
+                    // broken socket) leaves the instance unreachable: it is
+                    // stopped, and why is kept.
+                    end = &mut link_task, if !link_ended => {
+                        link_ended = true;
+                        if let Some(why) = link_failure(end) {
+                            metrics.link_failures.fetch_add(1, Relaxed);
+                            let msg = format!("its network link failed: {why}");
+                            eprintln!("kilnd: {}#{}: {msg}", inst.service, inst.id);
+                            logs.push(inst.id, Source::Kilnd, &msg);
+                            inst.stop(&msg);
+                        }
+                    }
                 }
             };
+            // The instance is gone, and with it the other end of the link:
+            // the link resets (and counts) what it still holds. Close it
+            // only if it does not notice in time.
+            if !link_ended
+                && tokio::time::timeout(LINK_END_WAIT, &mut link_task)
+                    .await
+                    .is_err()
+            {
+                inst.peer.close();
+                let _ = tokio::time::timeout(LINK_END_WAIT, &mut link_task).await;
+            }
+            on_spliced(spliced, 0);
+            let reset = failed_at_kill.map_or(0, |at| failed().saturating_sub(at));
+            inst.reset_on_stop.store(reset, Relaxed);
+            // Its descriptors are closed: no longer counted.
+            drop(inst.slot().take());
             // A stop() that raced with the exit still counts as asked for.
             let requested = inst.killed.load(Relaxed);
             let reason_asked = inst
@@ -371,8 +474,14 @@ pub fn spawn(spec: &ServiceSpec, id: u64, kiln: &Path, hooks: Hooks) -> io::Resu
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            inst.peer.close();
-            let exit = describe(&inst, status, requested, reason_asked);
+            let status = status.map_err(|_| io::Error::other("the reaper is gone"));
+            let mut exit = describe(&inst, status, requested, reason_asked);
+            if reset > 0 {
+                exit.reason.push_str(&format!(
+                    "; {reset} open connection{} reset",
+                    if reset == 1 { "" } else { "s" }
+                ));
+            }
             logs.push(inst.id, Source::Kilnd, &exit.reason);
             inst.phase.send_replace(Phase::Exited(exit.clone()));
             on_exit(&inst, &exit);
@@ -381,23 +490,20 @@ pub fn spawn(spec: &ServiceSpec, id: u64, kiln: &Path, hooks: Hooks) -> io::Resu
     Ok(inst)
 }
 
-enum Reader {
-    Out(tokio::process::ChildStdout),
-    Err(tokio::process::ChildStderr),
-}
-
-impl Reader {
-    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Reader::Out(r) => r.read(buf).await,
-            Reader::Err(r) => r.read(buf).await,
-        }
+/// Why a link's end is a failure that must stop its instance, or `None`
+/// when it ended because kilnd closed it or the instance exited.
+fn link_failure(end: Result<kiln_peer::LinkEnd, tokio::task::JoinError>) -> Option<String> {
+    match end {
+        Ok(kiln_peer::LinkEnd::Closed | kiln_peer::LinkEnd::PeerGone) => None,
+        Ok(kiln_peer::LinkEnd::Io(e)) => Some(format!("socket error: {e}")),
+        Ok(kiln_peer::LinkEnd::Panicked(msg)) => Some(format!("the network stack panicked: {msg}")),
+        Err(e) if e.is_cancelled() => None,
+        Err(e) => Some(format!("its task failed: {e}")),
     }
 }
 
 async fn copy_lines(
-    mut stream: Reader,
-    source: Source,
+    mut stream: tokio::net::unix::pipe::Receiver,
     logs: Arc<LogRing>,
     id: u64,
     verbose: bool,
@@ -416,6 +522,15 @@ async fn copy_lines(
                 eprintln!("{service}#{id}: {text}");
             }
         }
+        // One pipe carries both the console and the tender's own lines;
+        // the tender's start with its prefix (a guest that prints one only
+        // mislabels its own output: kilnd's lines come from the wait status).
+        let source = match &piece {
+            Piece::Line(b) | Piece::Cut(b) if b.starts_with(TENDER_PREFIX.as_bytes()) => {
+                Source::Tender
+            }
+            _ => Source::Console,
+        };
         logs.push_piece(id, source, piece);
     };
     loop {
@@ -491,11 +606,11 @@ fn seqpacket_pair() -> io::Result<(UnixDatagram, OwnedFd)> {
     Ok((ours, b))
 }
 
-/// `pipe2(O_CLOEXEC)`: (read end, write end).
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+/// `pipe2(O_CLOEXEC | flags)`: (read end, write end).
+fn pipe(flags: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` is a valid array of two descriptors for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | flags) } != 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: pipe2 succeeded, so both descriptors are open and ours alone.

@@ -4,12 +4,16 @@
 //!
 //! The pieces: [`config`] reads `services.toml`; [`daemon`] owns the
 //! services, their listeners and instances; [`instance`] spawns one
-//! `kiln run` child wired to a [`kiln_peer`] link; [`api`] serves the
-//! JSON/Prometheus HTTP API the `kiln` CLI uses.
+//! `kiln run` child wired to a [`kiln_peer`] link (reaped by [`reaper`]);
+//! [`capacity`] says what the host can hold and admits connections and
+//! instances; [`api`] serves the JSON/Prometheus HTTP API the `kiln` CLI
+//! uses.
 
 pub mod api;
+pub mod capacity;
 pub mod config;
 pub mod daemon;
 pub mod instance;
 pub mod logs;
 pub mod metrics;
+pub mod reaper;

@@ -1,7 +1,17 @@
 //! `kilnd`: the kiln daemon.
 
+// Each instance's network link runs in kilnd, and a panic while handling
+// one (a defect in the network stack that a guest's frames reach) must end
+// that link alone: kiln-peer catches it at the link's edge, which only
+// works when panics unwind.
+#[cfg(panic = "abort")]
+compile_error!(
+    "kilnd must be built with panic = \"unwind\": a panic in one instance's network link would otherwise end kilnd and every instance"
+);
+
 use clap::Parser;
 use kilnd::api::{self, ApiAddr};
+use kilnd::capacity::{self, Host};
 use kilnd::config;
 use kilnd::daemon::{Daemon, Verbosity};
 use std::path::PathBuf;
@@ -36,7 +46,17 @@ use tokio::sync::Notify;
                   warm = false\n  \
                   env = { GREETING = \"hi\" }\n  \
                   args = []\n  \
-                  # optional: concurrency = 16, cpu_limit = \"10m\", ready_timeout = \"10s\""
+                  # optional: concurrency = 16, cpu_limit = \"10m\", ready_timeout = \"10s\",\n  \
+                  # max_connections = (a quarter of the daemon's), max_starting = 4,\n  \
+                  # first_byte_timeout = \"10s\" (\"0\": never close a silent client)\n\n  \
+                  [daemon]                          # optional, limits over all services\n  \
+                  max_connections = 10000           # default: half the descriptor limit\n  \
+                  max_instances = 5000              # default: what descriptors and tasks allow\n  \
+                  max_starting = 64\n\n\
+                  --check (and every start and reload) refuses a configuration the host can never \
+                  hold (one service's max_instances beyond the descriptors, tasks or memory, the \
+                  warm services together beyond the descriptors or tasks) and warns, with the \
+                  numbers, when all services at their peak would not fit."
 )]
 struct Args {
     /// The services file.
@@ -90,24 +110,54 @@ fn kiln_binary(given: Option<PathBuf>) -> Result<PathBuf, String> {
         })
 }
 
-/// Lets kilnd hold a descriptor set of several per instance.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+/// Marks every descriptor kilnd inherited (beyond 0-2) close-on-exec, so
+/// that none reaches a tender: kilnd opens all of its own that way.
+fn cloexec_inherited() {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on
+    // descriptors of this process; nothing else runs yet.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
     };
-    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
+    if r == 0 {
+        return;
+    }
+    // Kernels before 5.11: one by one.
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD on a descriptor number only changes its flags
+        // (or fails with EBADF for the directory's, closed by now).
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
 }
 
+/// The configuration at `path`, checked against the host; warnings are
+/// printed.
+fn load(path: &std::path::Path, host: &Host) -> Result<config::Config, String> {
+    let cfg = config::load(path).map_err(|e| e.to_string())?;
+    for w in capacity::check(&cfg, host).map_err(|e| e.to_string())? {
+        eprintln!("kilnd: warning: {}: {w}", path.display());
+    }
+    Ok(cfg)
+}
+
 fn main() -> ExitCode {
+    cloexec_inherited();
+    // Before anything else opens a descriptor: the descriptor budget is
+    // the hard limit.
+    capacity::raise_nofile();
     let args = Args::parse();
-    let cfg = match config::load(&args.config) {
+    let host = Host::probe();
+    let cfg = match load(&args.config, &host) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kilnd: {e}");
@@ -116,9 +166,12 @@ fn main() -> ExitCode {
     };
     if args.check {
         println!(
-            "kilnd: {}: {} services, all images valid",
+            "kilnd: {}: {} services, all images valid, the host can hold them ({} descriptors, {} tasks, {} MiB of memory and swap)",
             args.config.display(),
-            cfg.services.len()
+            cfg.services.len(),
+            host.descriptors,
+            host.tasks,
+            host.memory >> 20
         );
         return ExitCode::SUCCESS;
     }
@@ -129,7 +182,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    raise_fd_limit();
     let api = args.api.unwrap_or_else(api::default_addr);
     // Before the runtime starts its threads: the UNIX socket is bound
     // under a umask set for that moment, and the umask is per process.
@@ -180,6 +232,9 @@ async fn run(
         }
     };
     let files = bound.files;
+    // What is open now (runtime, signals, the API listener) is the base
+    // of kilnd's descriptor count.
+    daemon.usage.recount();
     if let Err(e) = daemon.apply(cfg).await {
         eprintln!("kilnd: {e}");
         files.remove();
@@ -196,7 +251,7 @@ async fn run(
     ));
     for s in daemon.services() {
         eprintln!(
-            "kilnd: {}: {} -> port {} of {} ({}, {} MiB, idle {} ms, up to {}{})",
+            "kilnd: {}: {} -> port {} of {} ({}, {} MiB, idle {} ms, up to {}{}, {} connections)",
             s.spec.name,
             s.bound,
             s.spec.guest_port,
@@ -205,7 +260,8 @@ async fn run(
             s.spec.memory >> 20,
             s.spec.idle_timeout.as_millis(),
             s.spec.max_instances,
-            if s.spec.warm { ", warm" } else { "" }
+            if s.spec.warm { ", warm" } else { "" },
+            daemon.limits().service_connections(&s.spec)
         );
     }
     let token = match &files.token_file {
@@ -213,8 +269,10 @@ async fn run(
         None => String::new(),
     };
     eprintln!(
-        "kilnd: ready; API on {api_addr}{token}; pid {}",
-        std::process::id()
+        "kilnd: ready; API on {api_addr}{token}; pid {}; {} of {} descriptors in use",
+        std::process::id(),
+        daemon.usage.fds(),
+        daemon.usage.limit()
     );
     loop {
         tokio::select! {

@@ -1,5 +1,6 @@
 //! Counters kilnd keeps per service, and their Prometheus text form.
 
+use crate::capacity::{ConnRefusal, InstanceRefusal};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -69,8 +70,25 @@ pub struct ServiceMetrics {
     pub stops: AtomicU64,
     /// Instances that exited with status 0 on their own.
     pub exits: AtomicU64,
+    /// Instances stopped because their network link failed (a panic in
+    /// the link's network stack, a socket error).
+    pub link_failures: AtomicU64,
     /// Time from spawning an instance to its READY.
     pub cold_start_seconds: Histogram,
+    /// Connections closed unserved, by [`ConnRefusal`] (not counted in
+    /// `connections`).
+    pub refused: [AtomicU64; ConnRefusal::ALL.len()],
+    /// Instance starts refused, by [`InstanceRefusal`].
+    pub instance_refusals: [AtomicU64; InstanceRefusal::ALL.len()],
+    /// Open client connections reset because kilnd stopped their instance
+    /// (idle, `kiln stop`, reload, shutdown), of instances that have ended.
+    pub reset_on_stop: AtomicU64,
+    /// Other connections the links reported failed (refused or reset by
+    /// the guest, timed out, or cut by an instance that ended on its own),
+    /// of instances that have ended.
+    pub link_failed: AtomicU64,
+    /// Accepts the kernel refused (EMFILE, ENFILE, ...).
+    pub accept_errors: AtomicU64,
 }
 
 /// What the exporter needs of one service at the moment it is scraped.
@@ -87,10 +105,27 @@ pub struct Snapshot<'a> {
     pub starting: usize,
     /// Ready instances.
     pub ready: usize,
+    /// Connections the links of its running instances reported failed.
+    pub live_link_failed: u64,
+    /// Client connections open now (held or spliced).
+    pub open: usize,
 }
 
-/// Prometheus text exposition (format 0.0.4) of every service.
-pub fn render(services: &[Snapshot<'_>]) -> String {
+/// Daemon-wide figures at the moment of a scrape.
+pub struct DaemonSnapshot {
+    /// Descriptors kilnd holds, as it counts them.
+    pub descriptors: usize,
+    /// Its descriptor limit.
+    pub descriptor_limit: usize,
+    /// Client connections open, all services.
+    pub connections: usize,
+    /// Instances starting, all services.
+    pub starting: usize,
+}
+
+/// Prometheus text exposition (format 0.0.4) of every service, and of the
+/// daemon as a whole.
+pub fn render(services: &[Snapshot<'_>], daemon: &DaemonSnapshot) -> String {
     let mut out = String::new();
     let counter = |out: &mut String, name: &str, help: &str, value: &dyn Fn(&Snapshot) -> f64| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -153,6 +188,12 @@ pub fn render(services: &[Snapshot<'_>]) -> String {
         "Instances stopped by kilnd (idle timeout, kiln stop, reload, shutdown).",
         &|s| n(&s.m.stops),
     );
+    counter(
+        &mut out,
+        "kilnd_link_failures_total",
+        "Instances stopped because their network link failed (a panic in its network stack, a socket error).",
+        &|s| n(&s.m.link_failures),
+    );
     let _ = writeln!(
         out,
         "# HELP kilnd_instances Instances now, by state.\n# TYPE kilnd_instances gauge"
@@ -163,6 +204,95 @@ pub fn render(services: &[Snapshot<'_>]) -> String {
             "kilnd_instances{{service=\"{}\",state=\"starting\"}} {}\nkilnd_instances{{service=\"{}\",state=\"ready\"}} {}",
             s.name, s.starting, s.name, s.ready
         );
+    }
+    let labelled = |out: &mut String,
+                    name: &str,
+                    help: &str,
+                    label: &str,
+                    values: &dyn Fn(&Snapshot) -> Vec<(&'static str, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for s in services {
+            for (v, n) in values(s) {
+                let _ = writeln!(out, "{name}{{service=\"{}\",{label}=\"{v}\"}} {n}", s.name);
+            }
+        }
+    };
+    labelled(
+        &mut out,
+        "kilnd_connections_refused_total",
+        "Client connections closed unserved: over a connection cap, too few descriptors left, or silent past first_byte_timeout.",
+        "reason",
+        &|s| {
+            ConnRefusal::ALL
+                .iter()
+                .map(|r| (r.label(), s.m.refused[r.index()].load(Relaxed)))
+                .collect()
+        },
+    );
+    labelled(
+        &mut out,
+        "kilnd_instance_refusals_total",
+        "Instance starts refused: daemon max_instances, too few descriptors or tasks left, or the spawn failed.",
+        "reason",
+        &|s| {
+            InstanceRefusal::ALL
+                .iter()
+                .map(|r| (r.label(), s.m.instance_refusals[r.index()].load(Relaxed)))
+                .collect()
+        },
+    );
+    labelled(
+        &mut out,
+        "kilnd_connections_reset_total",
+        "Spliced connections cut with a reset: because kilnd stopped their instance (idle, kiln stop, reload, shutdown), or reported failed by the link (guest refused or reset, timed out, instance ended on its own).",
+        "cause",
+        &|s| {
+            vec![
+                ("instance_stopped", s.m.reset_on_stop.load(Relaxed)),
+                ("link", s.m.link_failed.load(Relaxed) + s.live_link_failed),
+            ]
+        },
+    );
+    counter(
+        &mut out,
+        "kilnd_accept_errors_total",
+        "Accepts the kernel refused (EMFILE, ENFILE, ...); the connection waits in the backlog.",
+        &|s| n(&s.m.accept_errors),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP kilnd_connections_open Client connections open now (held or spliced).\n# TYPE kilnd_connections_open gauge"
+    );
+    for s in services {
+        let _ = writeln!(
+            out,
+            "kilnd_connections_open{{service=\"{}\"}} {}",
+            s.name, s.open
+        );
+    }
+    for (name, help, v) in [
+        (
+            "kilnd_descriptors",
+            "Descriptors kilnd holds, as it counts them.",
+            daemon.descriptors,
+        ),
+        (
+            "kilnd_descriptor_limit",
+            "kilnd's descriptor limit (RLIMIT_NOFILE).",
+            daemon.descriptor_limit,
+        ),
+        (
+            "kilnd_connections",
+            "Client connections open now, all services.",
+            daemon.connections,
+        ),
+        (
+            "kilnd_instances_starting",
+            "Instances starting now, all services.",
+            daemon.starting,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     }
     let name = "kilnd_cold_start_seconds";
     let _ = writeln!(
@@ -187,14 +317,26 @@ mod tests {
         m.cold_start_seconds.observe(0.004);
         m.cold_start_seconds.observe(60.0);
         m.cold_starts.fetch_add(3, Relaxed);
-        let text = render(&[Snapshot {
-            name: "web",
-            m: &m,
-            live_bytes: (10, 20),
-            live_seconds: 1.5,
-            starting: 1,
-            ready: 2,
-        }]);
+        m.refused[ConnRefusal::Silent.index()].fetch_add(4, Relaxed);
+        m.reset_on_stop.fetch_add(2, Relaxed);
+        let text = render(
+            &[Snapshot {
+                name: "web",
+                m: &m,
+                live_bytes: (10, 20),
+                live_seconds: 1.5,
+                starting: 1,
+                ready: 2,
+                live_link_failed: 3,
+                open: 5,
+            }],
+            &DaemonSnapshot {
+                descriptors: 40,
+                descriptor_limit: 1024,
+                connections: 5,
+                starting: 1,
+            },
+        );
         assert!(text.contains("kilnd_cold_start_seconds_bucket{service=\"web\",le=\"0.001\"} 0\n"));
         assert!(text.contains("kilnd_cold_start_seconds_bucket{service=\"web\",le=\"0.002\"} 1\n"));
         assert!(text.contains("kilnd_cold_start_seconds_bucket{service=\"web\",le=\"0.005\"} 2\n"));
@@ -205,6 +347,14 @@ mod tests {
         assert!(text.contains("kilnd_received_bytes_total{service=\"web\"} 10\n"));
         assert!(text.contains("kilnd_instance_seconds_total{service=\"web\"} 1.5\n"));
         assert!(text.contains("kilnd_instances{service=\"web\",state=\"ready\"} 2\n"));
+        assert!(
+            text.contains("kilnd_connections_refused_total{service=\"web\",reason=\"silent\"} 4\n")
+        );
+        assert!(text.contains(
+            "kilnd_connections_reset_total{service=\"web\",cause=\"instance_stopped\"} 2\n"
+        ));
+        assert!(text.contains("kilnd_connections_reset_total{service=\"web\",cause=\"link\"} 3\n"));
+        assert!(text.contains("kilnd_descriptor_limit 1024\n"));
         // Every sample line is NAME{labels} VALUE.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();

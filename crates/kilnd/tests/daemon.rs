@@ -424,7 +424,9 @@ fn a_reload_lets_replaced_instances_finish_their_connections() {
     let k = Kilnd::start("drain", &probe_service("svc", "spt", ""));
     let addr = k.addr("svc");
     let mut held = Client::connect(addr);
-    let old = held.request("/", b"before").unwrap();
+    let old = held
+        .request("/", b"before")
+        .unwrap_or_else(|| panic!("the first connection got no answer:\n{}", k.log()));
 
     // Change the service (new environment) but keep its address.
     let changed = std::fs::read_to_string(&k.config)
@@ -436,7 +438,9 @@ fn a_reload_lets_replaced_instances_finish_their_connections() {
     assert_eq!(st, 200, "{body}");
 
     // New connections reach a new instance...
-    let new = Client::connect(addr).request("/", b"new").unwrap();
+    let new = Client::connect(addr)
+        .request("/", b"new")
+        .unwrap_or_else(|| panic!("the new connection got no answer:\n{}", k.log()));
     assert_ne!(new.boot, old.boot);
     // ...while the open one is still served by the old instance.
     let again = held

@@ -50,10 +50,19 @@ pub struct GuestStats {
 /// Starts a guest double on `sock`. Aborting the task drops the socket: the
 /// instance "exits".
 pub fn spawn(sock: StdDatagram, server: Server) -> (JoinHandle<()>, Arc<GuestStats>) {
+    spawn_as(sock, server, GUEST_MAC)
+}
+
+/// [`spawn`] with another MAC address for the guest.
+pub fn spawn_as(
+    sock: StdDatagram,
+    server: Server,
+    mac: [u8; 6],
+) -> (JoinHandle<()>, Arc<GuestStats>) {
     sock.set_nonblocking(true).unwrap();
     let sock = UnixDatagram::from_std(sock).unwrap();
     let stats = Arc::new(GuestStats::default());
-    let task = tokio::spawn(run(sock, server, stats.clone()));
+    let task = tokio::spawn(run(sock, server, stats.clone(), mac));
     (task, stats)
 }
 
@@ -117,11 +126,11 @@ struct Conn {
     answered: bool,
 }
 
-async fn run(sock: UnixDatagram, server: Server, stats: Arc<GuestStats>) {
+async fn run(sock: UnixDatagram, server: Server, stats: Arc<GuestStats>, mac: [u8; 6]) {
     let epoch = tokio::time::Instant::now();
     let now = || smoltcp::time::Instant::from_micros(epoch.elapsed().as_micros() as i64);
     let mut tx = VecDeque::new();
-    let mut config = Config::new(EthernetAddress(GUEST_MAC).into());
+    let mut config = Config::new(EthernetAddress(mac).into());
     config.random_seed = 7;
     let mut iface = Interface::new(
         config,

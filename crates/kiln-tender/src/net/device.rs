@@ -22,10 +22,12 @@ pub fn frame_max(mtu: u32) -> usize {
 /// Buffer for frames read from a tap: large enough that an oversized
 /// frame is seen whole (and dropped) rather than cut to a plausible size.
 const TAP_READ_BUF: usize = 65_536 + 14;
-/// Read buffer of a stream: room for many frames per `read`.
-const STREAM_READ_BUF: usize = 64 * 1024;
-/// Frames queued toward a stream peer that is slow to read.
-const STREAM_WRITE_BUF: usize = 256 * 1024;
+/// Read buffer of a stream: room for many frames per `read`, and all a
+/// stream device ever holds of what its peer sent.
+pub const STREAM_READ_BUF: usize = 64 * 1024;
+/// Frames queued toward a stream peer that is slow to read (frames and
+/// length words).
+pub const STREAM_WRITE_BUF: usize = 256 * 1024;
 /// Frames one NET_READ may drop before it answers EAGAIN, so that a flood
 /// of unusable frames cannot hold a hypercall indefinitely.
 const DROPS_PER_READ: u32 = 64;
@@ -217,6 +219,16 @@ impl NetDevice {
     /// Largest frame NET_WRITE accepts.
     pub fn frame_max(&self) -> usize {
         self.frame_max
+    }
+
+    /// The most bytes one `write` to the backend carries: a frame on a
+    /// tap or frame socket, the send queue on a stream. The sandboxes pin
+    /// the count of `write` on the backend's descriptor to this.
+    pub fn largest_write(&self) -> usize {
+        match &self.framing {
+            Framing::Datagram { .. } => self.frame_max,
+            Framing::Stream { tx, .. } => tx.capacity(),
+        }
     }
 
     /// The counters.
@@ -464,7 +476,14 @@ impl NetDevice {
                     return false;
                 }
                 // Pull in what arrived; a hang-up with nothing left reads 0.
-                let read = port.read(rx.space());
+                // A buffer full of whole frames takes nothing until the
+                // guest reads some: a read into no room would also return
+                // 0 and look like a hang-up.
+                let space = rx.space();
+                if space.is_empty() {
+                    return self.has_buffered_frame();
+                }
+                let read = port.read(space);
                 match read {
                     Ok(0) => self.fail(Down::Closed),
                     Ok(n) => rx.filled(n),

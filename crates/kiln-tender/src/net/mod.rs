@@ -28,7 +28,10 @@ pub use config::{
     plan, Attach, Backend, DevicePlan, Ipv4Cidr, NetOptions, PlanError, Proto, Publish,
     SyntaxError, MTU,
 };
-pub use device::{Down, FdPort, Framing, NetDevice, Port, Sent, SocketPort, Stats};
+pub use device::{
+    Down, FdPort, Framing, NetDevice, Port, Sent, SocketPort, Stats, STREAM_READ_BUF,
+    STREAM_WRITE_BUF,
+};
 
 use crate::inherit::{self, FdError, FrameSocket};
 use std::net::Ipv4Addr;

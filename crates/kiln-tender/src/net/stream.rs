@@ -182,6 +182,11 @@ impl Encoder {
         }
     }
 
+    /// The most bytes it holds (and so the most [`Self::pending`] returns).
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Appends `frame` with its length prefix, or refuses it whole.
     pub fn push(&mut self, frame: &[u8]) -> Result<(), Full> {
         let need = HEADER + frame.len();

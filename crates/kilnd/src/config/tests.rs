@@ -64,7 +64,7 @@ fn the_issue_example_parses() {
     assert!(s.image.is_absolute() || s.image.starts_with(std::env::temp_dir()));
     assert!(s.image.ends_with("net.kiln"));
     assert_eq!(s.listen, "127.0.0.1:8080".parse().unwrap());
-    assert_eq!(s.listen_line, 5);
+    assert_eq!(s.lines.listen, 5);
     assert_eq!(s.guest_port, 80);
     assert_eq!(s.tender, Tender::Spt);
     assert_eq!(s.memory, 32 << 20);
@@ -89,6 +89,77 @@ fn defaults() {
     assert_eq!(s.concurrency, 16);
     assert_eq!(s.cpu_limit, None);
     assert_eq!(s.ready_timeout, Duration::from_secs(10));
+    assert_eq!(s.max_connections, None);
+    assert_eq!(s.max_starting, MAX_STARTING_DEFAULT);
+    assert_eq!(s.first_byte_timeout, FIRST_BYTE_TIMEOUT_DEFAULT);
+    assert_eq!(c.daemon.max_connections, None);
+    assert_eq!(c.daemon.max_instances, None);
+    assert_eq!(c.daemon.max_starting, DAEMON_MAX_STARTING_DEFAULT);
+}
+
+#[test]
+fn capacity_keys_and_the_daemon_table() {
+    let text = format!(
+        "[daemon]\nmax_connections = 500\nmax_instances = 40\nmax_starting = 8\n{}",
+        FULL.replace(
+            "args = []",
+            "args = []\nmax_connections = 20\nmax_starting = 2\nfirst_byte_timeout = \"0\""
+        )
+    );
+    let c = check(&text).unwrap();
+    assert_eq!(c.daemon.max_connections, Some(500));
+    assert_eq!(c.daemon.max_connections_line, 2);
+    assert_eq!(c.daemon.max_instances, Some(40));
+    assert_eq!(c.daemon.max_starting, 8);
+    let s = &c.services[0];
+    assert_eq!(s.max_connections, Some(20));
+    assert_eq!(s.lines.max_connections, 18);
+    assert_eq!(s.lines.max_instances, 14);
+    assert_eq!(s.max_starting, 2);
+    assert_eq!(s.first_byte_timeout, Duration::ZERO);
+
+    let (line, reason) = error("[daemon]\nmax_starting = 0\n");
+    assert_eq!(line, Some(2), "{reason}");
+    assert!(reason.contains("[daemon]: max_starting"), "{reason}");
+    let (line, reason) = error("[daemon]\nmax_stating = 1\n");
+    assert_eq!(line, Some(2), "{reason}");
+    let (line, reason) = error(&FULL.replace("args = []", "max_connections = -1"));
+    assert_eq!(line, Some(13), "{reason}");
+    assert!(reason.contains("max_connections"), "{reason}");
+}
+
+#[test]
+fn wildcard_addresses_overlap_what_they_cover() {
+    let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+    assert!(overlaps(a("0.0.0.0:80"), a("127.0.0.1:80")));
+    assert!(overlaps(a("127.0.0.1:80"), a("0.0.0.0:80")));
+    assert!(overlaps(a("[::]:80"), a("127.0.0.1:80")));
+    assert!(overlaps(a("10.0.0.1:80"), a("[::]:80")));
+    assert!(overlaps(a("[::]:80"), a("[::1]:80")));
+    assert!(overlaps(a("0.0.0.0:80"), a("[::]:80")));
+    assert!(!overlaps(a("0.0.0.0:80"), a("[::1]:80")));
+    assert!(!overlaps(a("127.0.0.1:80"), a("[::1]:80")));
+    assert!(!overlaps(a("127.0.0.1:80"), a("127.0.0.2:80")));
+    assert!(!overlaps(a("0.0.0.0:80"), a("0.0.0.0:81")));
+    assert!(!overlaps(a("0.0.0.0:0"), a("127.0.0.1:0")));
+
+    let second = |listen: &str| {
+        format!(
+            "{FULL}{}",
+            FULL.replace("http-hello", "other")
+                .replace("127.0.0.1:8080", listen)
+        )
+    };
+    let (line, reason) = error(&second("0.0.0.0:8080"));
+    assert_eq!(line, Some(18), "{reason}");
+    assert!(
+        reason.contains("0.0.0.0:8080 overlaps 127.0.0.1:8080"),
+        "{reason}"
+    );
+    let (line, reason) = error(&second("[::]:8080"));
+    assert_eq!(line, Some(18), "{reason}");
+    assert!(check(&second("[::1]:8080")).is_ok());
+    assert!(check(&second("0.0.0.0:8081")).is_ok());
 }
 
 #[test]
@@ -195,7 +266,7 @@ fn same_as_ignores_position_only() {
     };
     let a = at(FULL);
     let b = at(&format!("\n\n{FULL}"));
-    assert_ne!(a.listen_line, b.listen_line);
+    assert_ne!(a.lines.listen, b.lines.listen);
     assert!(a.same_as(&b));
     let c = at(&FULL.replace("32M", "64M"));
     assert!(!a.same_as(&c));

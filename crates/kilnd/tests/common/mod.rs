@@ -161,10 +161,57 @@ impl Kilnd {
         Self::launch(dir, config, &Opts::default())
     }
 
+    /// Starts kilnd on `config` text in a fresh directory with a
+    /// descriptor limit (soft and hard) of `nofile`.
+    pub fn start_limited(tag: &str, config: &str, nofile: u64) -> Kilnd {
+        let dir = scratch(tag);
+        let path = dir.join("services.toml");
+        std::fs::write(&path, config).unwrap();
+        Self::start_with(dir, path, move |cmd| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the
+            // child's own limits.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: nofile,
+                        rlim_max: nofile,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        })
+    }
+
+    /// Starts kilnd on an existing file; `customize` may change its
+    /// command (limits, inherited descriptors) before it is spawned.
+    pub fn start_with(
+        dir: PathBuf,
+        config: PathBuf,
+        customize: impl FnOnce(&mut Command),
+    ) -> Kilnd {
+        Self::launch_with(dir, config, &Opts::default(), customize)
+    }
+
     /// Starts kilnd on an existing file with `opts`.
     pub fn launch(dir: PathBuf, config: PathBuf, opts: &Opts) -> Kilnd {
+        Self::launch_with(dir, config, opts, |_| {})
+    }
+
+    /// [`Kilnd::launch`], with `customize` changing the command before it
+    /// is spawned.
+    pub fn launch_with(
+        dir: PathBuf,
+        config: PathBuf,
+        opts: &Opts,
+        customize: impl FnOnce(&mut Command),
+    ) -> Kilnd {
         let api = dir.join("api.sock");
         let mut cmd = Command::new(kilnd_bin());
+        customize(&mut cmd);
         cmd.arg("--config").arg(&config);
         match &opts.api {
             Some(a) if a.is_empty() => {}
@@ -236,16 +283,33 @@ impl Kilnd {
     /// One API request.
     pub fn call(&self, method: &str, path: &str) -> (u16, String) {
         let mut s = std::os::unix::net::UnixStream::connect(&self.api).expect("connect to API");
+        // A kilnd whose API stopped accepting fails the test, not hangs it.
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         write!(
             s,
             "{method} {path} HTTP/1.1\r\nHost: kilnd\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
         )
         .unwrap();
         let mut raw = String::new();
-        s.read_to_string(&mut raw).unwrap();
+        if let Err(e) = s.read_to_string(&mut raw) {
+            panic!(
+                "no answer from the API to {method} {path}: {e}\n{}",
+                self.log()
+            );
+        }
         let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP answer");
         let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
         (status, body.to_string())
+    }
+
+    /// One sample of `/metrics`, by its name and labels
+    /// (`kilnd_requests_total{service="web"}`); 0 when absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let (st, text) = self.call("GET", "/metrics");
+        assert_eq!(st, 200, "{text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.parse().unwrap())
     }
 
     /// `GET /v1/services`.
@@ -320,18 +384,20 @@ pub struct Answer {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let s = TcpStream::connect(addr).expect("connect to service");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        // Fails only on a connection already reset (refused by kilnd).
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
         Client { s }
     }
 
-    /// Sends one request (without waiting for the answer).
+    /// Sends one request (without waiting for the answer). A connection
+    /// kilnd refused may fail here: its [`Client::answer`] is `None`.
     pub fn send(&mut self, path: &str, body: &[u8]) {
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: probe\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
-        self.s.write_all(head.as_bytes()).unwrap();
-        self.s.write_all(body).unwrap();
+        let _ = self.s.write_all(head.as_bytes());
+        let _ = self.s.write_all(body);
     }
 
     /// Reads one answer; `None` when the connection ends first.
