@@ -2,8 +2,13 @@
 //! A tiny blocking HTTP/1.1 client: one request per connection, on a UNIX
 //! socket or TCP.
 
+use kilnd_api::addr::AddrError;
+use kilnd_api::rundir::{self, RunDirError};
+use kilnd_api::term::escape_controls;
+use kilnd_api::token::{self, TokenError};
+use kilnd_api::{ApiAddr, Route, Token};
 use serde_json::Value;
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,37 +17,33 @@ use std::time::Duration;
 #[derive(clap::Args, Debug, Clone)]
 pub struct ApiArgs {
     /// kilnd's API address [default: $KILN_API, else
-    /// unix:$XDG_RUNTIME_DIR/kilnd.sock, else unix:/tmp/kilnd-UID.sock].
+    /// unix:$XDG_RUNTIME_DIR/kilnd/kilnd.sock, else unix:/tmp/kilnd-UID/kilnd.sock].
+    /// On TCP, kiln sends the token kilnd wrote beside that default socket.
     #[arg(long, value_name = "ADDR", global = true)]
     pub api: Option<String>,
 }
 
 impl ApiArgs {
-    fn addr(&self) -> String {
-        if let Some(a) = &self.api {
-            return a.clone();
-        }
-        if let Ok(a) = std::env::var("KILN_API") {
-            if !a.is_empty() {
-                return a;
-            }
-        }
-        match std::env::var("XDG_RUNTIME_DIR") {
-            Ok(d) if !d.is_empty() => format!("unix:{d}/kilnd.sock"),
-            _ => format!("unix:/tmp/kilnd-{}.sock", uid()),
+    fn addr(&self) -> Result<ApiAddr, ApiError> {
+        match &self.api {
+            Some(a) => a.parse().map_err(ApiError::Addr),
+            None => Ok(ApiAddr::default_addr()),
         }
     }
-}
-
-fn uid() -> u32 {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .unwrap_or(0)
 }
 
 /// An API call that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// `--api` is not an address.
+    #[error("--api: {0}")]
+    Addr(#[source] AddrError),
+    /// kilnd's run-time directory is not safe to use.
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    /// The TCP API's token cannot be read.
+    #[error(transparent)]
+    Token(#[from] TokenError),
     /// kilnd is not there.
     #[error("cannot reach kilnd at {addr}: {source} (is it running? start it with `kiln up services.toml`)")]
     Connect {
@@ -66,30 +67,48 @@ trait Stream: Read + Write {}
 impl<T: Read + Write> Stream for T {}
 
 /// Sends one request; returns the status and body.
-pub fn call(api: &ApiArgs, method: &str, path: &str) -> Result<(u16, Vec<u8>), ApiError> {
-    let addr = api.addr();
+///
+/// Before it connects to the default socket or reads a token, it checks
+/// that kilnd's run-time directory is this user's and private: in a
+/// shared `/tmp` another user could have made it, with a socket of theirs.
+pub fn call(api: &ApiArgs, route: &Route) -> Result<(u16, Vec<u8>), ApiError> {
+    let addr = api.addr()?;
+    let shown = addr.to_string();
     let connect = |e| ApiError::Connect {
-        addr: addr.clone(),
+        addr: shown.clone(),
         source: e,
     };
-    let mut s: Box<dyn Stream> = match addr.strip_prefix("unix:") {
-        Some(p) => Box::new(std::os::unix::net::UnixStream::connect(p).map_err(connect)?),
-        None => {
-            let a = addr.strip_prefix("tcp:").unwrap_or(&addr);
-            let t = std::net::TcpStream::connect(a).map_err(connect)?;
-            let _ = t.set_read_timeout(Some(Duration::from_secs(60)));
-            Box::new(t)
+    let (mut s, host, auth): (Box<dyn Stream>, String, Option<Token>) = match &addr {
+        ApiAddr::Unix(p) => {
+            if addr.in_rundir() {
+                rundir::check(&rundir::path())?;
+            }
+            let s = std::os::unix::net::UnixStream::connect(p).map_err(connect)?;
+            (Box::new(s), "localhost".into(), None)
+        }
+        ApiAddr::Tcp(a) => {
+            let dir = rundir::path();
+            rundir::check(&dir)?;
+            let t = Token::read(&token::file(&dir, a.port()))?;
+            let s = std::net::TcpStream::connect(a).map_err(connect)?;
+            let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+            (Box::new(s), a.to_string(), Some(t))
         }
     };
-    let io = |e| ApiError::Io(addr.clone(), e);
+    let io = |e| ApiError::Io(shown.clone(), e);
+    let auth = auth
+        .map(|t| format!("Authorization: {}\r\n", t.header_value()))
+        .unwrap_or_default();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: kilnd\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{} {} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n",
+        route.method(),
+        route.path()
     )
     .map_err(io)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(io)?;
-    parse_response(&raw).ok_or_else(|| ApiError::Malformed(addr.clone()))
+    parse_response(&raw).ok_or_else(|| ApiError::Malformed(shown.clone()))
 }
 
 fn parse_response(raw: &[u8]) -> Option<(u16, Vec<u8>)> {
@@ -110,9 +129,10 @@ fn parse_response(raw: &[u8]) -> Option<(u16, Vec<u8>)> {
 }
 
 /// A JSON answer, or the error kilnd gave.
-fn call_json(api: &ApiArgs, method: &str, path: &str) -> Result<Value, ApiError> {
-    let (status, body) = call(api, method, path)?;
-    let v: Value = serde_json::from_slice(&body).map_err(|_| ApiError::Malformed(api.addr()))?;
+fn call_json(api: &ApiArgs, route: &Route) -> Result<Value, ApiError> {
+    let (status, body) = call(api, route)?;
+    let v: Value = serde_json::from_slice(&body)
+        .map_err(|_| ApiError::Malformed(api.addr().map(|a| a.to_string()).unwrap_or_default()))?;
     if status >= 400 {
         let msg = v["error"].as_str().unwrap_or("request failed").to_string();
         return Err(ApiError::Refused(msg));
@@ -142,7 +162,7 @@ fn ago(ms: u64) -> String {
 
 /// `kiln ps`.
 pub fn ps(api: &ApiArgs, json: bool) -> ExitCode {
-    let v = match call_json(api, "GET", "/v1/services") {
+    let v = match call_json(api, &Route::Services) {
         Ok(v) => v,
         Err(e) => return fail(e),
     };
@@ -234,15 +254,16 @@ pub fn ps_table(v: &Value) -> String {
     out
 }
 
-/// `kiln logs NAME`.
-pub fn logs(api: &ApiArgs, service: &str, lines: usize) -> ExitCode {
-    match call(
-        api,
-        "GET",
-        &format!("/v1/services/{service}/logs?lines={lines}"),
-    ) {
+/// `kiln logs NAME`: guest text, shown escaped on a terminal unless `raw`.
+pub fn logs(api: &ApiArgs, service: &str, lines: usize, raw: bool) -> ExitCode {
+    let route = Route::Logs {
+        service: service.into(),
+        lines,
+    };
+    match call(api, &route) {
         Ok((200, body)) => {
-            let _ = std::io::stdout().write_all(&body);
+            let escape = !raw && std::io::stdout().is_terminal();
+            let _ = std::io::stdout().write_all(&for_output(&body, escape));
             ExitCode::SUCCESS
         }
         Ok((_, body)) => fail(refusal(&body)),
@@ -255,16 +276,31 @@ fn refusal(body: &[u8]) -> ApiError {
     ApiError::Refused(v["error"].as_str().unwrap_or("request failed").to_string())
 }
 
+/// What `kiln logs` writes for kilnd's answer: with control characters
+/// escaped when it goes to a terminal, unchanged otherwise.
+fn for_output(body: &[u8], escape: bool) -> Vec<u8> {
+    if escape {
+        escape_controls(&String::from_utf8_lossy(body))
+            .into_owned()
+            .into_bytes()
+    } else {
+        body.to_vec()
+    }
+}
+
 /// `kiln stop NAME`, `kiln start NAME`.
-pub fn service_action(api: &ApiArgs, service: &str, action: &str) -> ExitCode {
-    match call_json(api, "POST", &format!("/v1/services/{service}/{action}")) {
+pub fn service_action(api: &ApiArgs, route: &Route) -> ExitCode {
+    match call_json(api, route) {
         Ok(v) => {
-            match action {
-                "stop" => println!("{service}: stopped {} instance(s)", v["stopped"]),
-                _ => println!(
+            match route {
+                Route::Stop { service } => {
+                    println!("{service}: stopped {} instance(s)", v["stopped"])
+                }
+                Route::Start { service } => println!(
                     "{service}: instance #{} ready after {} ms (pid {})",
                     v["id"], v["ready_ms"], v["pid"]
                 ),
+                _ => {}
             }
             ExitCode::SUCCESS
         }
@@ -273,11 +309,13 @@ pub fn service_action(api: &ApiArgs, service: &str, action: &str) -> ExitCode {
 }
 
 /// `kiln reload`, `kiln down`.
-pub fn daemon_action(api: &ApiArgs, action: &str) -> ExitCode {
-    match call_json(api, "POST", &format!("/v1/{action}")) {
+pub fn daemon_action(api: &ApiArgs, route: &Route) -> ExitCode {
+    match call_json(api, route) {
         Ok(v) => {
-            match action {
-                "reload" => println!("kilnd: reloaded: {}", v["reloaded"].as_str().unwrap_or("")),
+            match route {
+                Route::Reload => {
+                    println!("kilnd: reloaded: {}", v["reloaded"].as_str().unwrap_or(""))
+                }
                 _ => println!("kilnd: stopping every instance and exiting"),
             }
             ExitCode::SUCCESS
@@ -321,6 +359,17 @@ mod tests {
         assert_eq!(parse_response(raw), Some((404, b"hello".to_vec())));
         assert_eq!(parse_response(b"garbage"), None);
         assert_eq!(parse_response(b"HTTP/1.1 abc\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn logs_escape_guest_controls_only_for_a_terminal() {
+        let body = b"1.000 #1 out \x1b]0;pwned\x07\x1b[31mred\n2.000 #1 out \xc2\x9b2J\tok\n";
+        let shown = String::from_utf8(for_output(body, true)).unwrap();
+        assert_eq!(
+            shown,
+            "1.000 #1 out \\x1b]0;pwned\\x07\\x1b[31mred\n2.000 #1 out \\u{9b}2J\tok\n"
+        );
+        assert_eq!(for_output(body, false), body.to_vec());
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod inspect;
 mod run;
 
 use clap::{Parser, Subcommand};
+use kilnd_api::Route;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -86,6 +87,10 @@ enum Command {
         /// How many of the last lines.
         #[arg(short = 'n', long, default_value = "200")]
         lines: usize,
+        /// Write control characters and escape sequences the guest printed
+        /// as they are (on a terminal they are otherwise shown as `\x1b`...).
+        #[arg(long)]
+        raw: bool,
         #[command(flatten)]
         api: daemon::ApiArgs,
     },
@@ -153,12 +158,13 @@ fn main() -> ExitCode {
         Command::Logs {
             service,
             lines,
+            raw,
             api,
-        } => daemon::logs(&api, &service, lines),
-        Command::Stop { service, api } => daemon::service_action(&api, &service, "stop"),
-        Command::Start { service, api } => daemon::service_action(&api, &service, "start"),
-        Command::Reload { api } => daemon::daemon_action(&api, "reload"),
-        Command::Down { api } => daemon::daemon_action(&api, "shutdown"),
+        } => daemon::logs(&api, &service, lines, raw),
+        Command::Stop { service, api } => daemon::service_action(&api, &Route::Stop { service }),
+        Command::Start { service, api } => daemon::service_action(&api, &Route::Start { service }),
+        Command::Reload { api } => daemon::daemon_action(&api, &Route::Reload),
+        Command::Down { api } => daemon::daemon_action(&api, &Route::Shutdown),
         Command::Inspect { image } => match inspect::inspect(&image) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -1,82 +1,44 @@
 //! kilnd's HTTP API (JSON), used by `kiln ps/logs/stop/start/reload/down`,
-//! and its Prometheus endpoint.
-//!
-//! ```text
-//! GET  /v1/status                   daemon summary
-//! GET  /v1/services                 services with their instances and last exits
-//! GET  /v1/instances                every instance
-//! POST /v1/services/NAME/start      start one instance (up to max_instances)
-//! POST /v1/services/NAME/stop       stop its instances (the next connection starts one)
-//! GET  /v1/services/NAME/logs?lines=N
-//! POST /v1/reload                   re-read the configuration file
-//! POST /v1/shutdown                 stop every instance and exit
-//! GET  /metrics                     Prometheus text format
-//! ```
+//! and its Prometheus endpoint. The routes are [`kilnd_api::Route`] (one
+//! definition for kilnd and the CLI); who may call them is [`guard`];
+//! where the API listens and how it is bound is [`listen`].
+
+pub mod guard;
+pub mod listen;
 
 use crate::capacity::{ConnRefusal, InstanceRefusal, NoStart};
 use crate::daemon::{Daemon, Service};
 use crate::instance::Instance;
 use crate::metrics::{self, DaemonSnapshot, Snapshot};
+use guard::Policy;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
+pub use kilnd_api::ApiAddr;
+use kilnd_api::{Route, Token};
+pub use listen::{bind, ApiFiles, Bound, Listener};
 use serde_json::{json, Value};
 use std::convert::Infallible;
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Where the API listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApiAddr {
-    /// A UNIX socket (mode 0600).
-    Unix(PathBuf),
-    /// A TCP address (keep it on loopback: the API starts and stops things).
-    Tcp(std::net::SocketAddr),
-}
+/// How long a client may take to send a request's head (the whole
+/// request: no endpoint takes a body); an idle keep-alive connection is
+/// closed after as long. `kiln` sends its request at once.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head accepted (answered 431 beyond).
+pub const HEADER_MAX: usize = 16 * 1024;
+/// Most header lines accepted in one request.
+pub const HEADERS_MAX: usize = 32;
 
-impl std::fmt::Display for ApiAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ApiAddr::Unix(p) => write!(f, "unix:{}", p.display()),
-            ApiAddr::Tcp(a) => write!(f, "{a}"),
-        }
-    }
-}
-
-impl std::str::FromStr for ApiAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if let Some(p) = s.strip_prefix("unix:") {
-            if p.is_empty() {
-                return Err("unix: needs a path".into());
-            }
-            return Ok(ApiAddr::Unix(p.into()));
-        }
-        s.strip_prefix("tcp:")
-            .unwrap_or(s)
-            .parse()
-            .map(ApiAddr::Tcp)
-            .map_err(|_| format!("\"{s}\" is neither unix:PATH nor ADDR:PORT"))
-    }
-}
-
-/// The default API address: `$KILN_API`, else a UNIX socket in
-/// `$XDG_RUNTIME_DIR`, else `/tmp/kilnd-UID.sock`. The `kiln` CLI uses the
-/// same rule.
+/// The default API address: `$KILN_API`, else the UNIX socket `kilnd.sock`
+/// in kilnd's run-time directory (`$XDG_RUNTIME_DIR/kilnd`, else
+/// `$TMPDIR/kilnd-UID`). The `kiln` CLI uses the same rule.
 pub fn default_addr() -> ApiAddr {
-    if let Some(a) = std::env::var("KILN_API")
-        .ok()
-        .and_then(|v| v.parse::<ApiAddr>().ok())
-    {
-        return a;
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() => ApiAddr::Unix(PathBuf::from(d).join("kilnd.sock")),
-        // SAFETY: getuid has no preconditions and cannot fail.
-        _ => ApiAddr::Unix(format!("/tmp/kilnd-{}.sock", unsafe { libc::getuid() }).into()),
-    }
+    ApiAddr::default_addr()
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -98,6 +60,10 @@ fn json_reply(status: StatusCode, v: Value) -> Resp {
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Resp {
     json_reply(status, json!({ "error": msg.into() }))
+}
+
+fn no_service(name: &str) -> Resp {
+    error(StatusCode::NOT_FOUND, format!("no service \"{name}\""))
 }
 
 fn instance_json(i: &Instance) -> Value {
@@ -195,18 +161,47 @@ fn render_metrics(d: &Daemon) -> String {
     )
 }
 
-/// Answers one request.
-pub async fn handle(d: Arc<Daemon>, quit: Arc<Notify>, req: Request<Incoming>) -> Resp {
-    let path = req.uri().path().trim_end_matches('/').to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    match (req.method(), parts.as_slice()) {
-        (&Method::GET, ["metrics"]) => reply(
+/// What every connection of one API shares.
+pub struct Api {
+    /// The daemon.
+    pub daemon: Arc<Daemon>,
+    /// Notified by `POST /v1/shutdown`.
+    pub quit: Arc<Notify>,
+    /// The token TCP requests must carry.
+    pub token: Option<Token>,
+}
+
+/// Answers one request: refused by the connection's [`Policy`], or routed.
+pub async fn handle<B: hyper::body::Body>(api: &Api, policy: &Policy, req: Request<B>) -> Resp {
+    if let Err(refusal) = policy.check(&req) {
+        let mut r = error(refusal.status(), refusal.to_string());
+        if refusal.status() == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer realm=\"kilnd\""),
+            );
+        }
+        return r;
+    }
+    let uri = req.uri();
+    match Route::parse(req.method().as_str(), uri.path(), uri.query()) {
+        Ok(route) => answer(api, route).await,
+        Err(e) => error(
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            e.to_string(),
+        ),
+    }
+}
+
+async fn answer(api: &Api, route: Route) -> Resp {
+    let d = &api.daemon;
+    match route {
+        Route::Metrics => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            render_metrics(&d),
+            render_metrics(d),
         ),
-        (&Method::GET, ["v1", "status"]) => {
+        Route::Status => {
             let services = d.services();
             let instances: usize = services.iter().map(|s| s.instances().len()).sum();
             json_reply(
@@ -227,11 +222,11 @@ pub async fn handle(d: Arc<Daemon>, quit: Arc<Notify>, req: Request<Incoming>) -
                 }),
             )
         }
-        (&Method::GET, ["v1", "services"]) => json_reply(
+        Route::Services => json_reply(
             StatusCode::OK,
             Value::Array(d.services().iter().map(|s| service_json(s)).collect()),
         ),
-        (&Method::GET, ["v1", "instances"]) => json_reply(
+        Route::Instances => json_reply(
             StatusCode::OK,
             Value::Array(
                 d.services()
@@ -241,116 +236,100 @@ pub async fn handle(d: Arc<Daemon>, quit: Arc<Notify>, req: Request<Incoming>) -
                     .collect(),
             ),
         ),
-        (method, ["v1", "services", name, action]) => {
-            let Some(s) = d.service(name) else {
-                return error(StatusCode::NOT_FOUND, format!("no service \"{name}\""));
+        Route::Logs {
+            service: name,
+            lines,
+        } => match d.service(&name) {
+            Some(s) => reply(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                s.logs.tail(lines),
+            ),
+            None => no_service(&name),
+        },
+        Route::Stop { service: name } => match d.service(&name) {
+            Some(s) => {
+                let n = s.stop_all("kiln stop");
+                json_reply(StatusCode::OK, json!({ "service": name, "stopped": n }))
+            }
+            None => no_service(&name),
+        },
+        Route::Start { service: name } => {
+            let Some(s) = d.service(&name) else {
+                return no_service(&name);
             };
-            match (method, *action) {
-                (&Method::GET, "logs") => {
-                    let lines = query
-                        .split('&')
-                        .find_map(|kv| kv.strip_prefix("lines="))
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or(200);
-                    reply(
-                        StatusCode::OK,
-                        "text/plain; charset=utf-8",
-                        s.logs.tail(lines),
-                    )
-                }
-                (&Method::POST, "stop") => {
-                    let n = s.stop_all("kiln stop");
-                    json_reply(StatusCode::OK, json!({ "service": name, "stopped": n }))
-                }
-                (&Method::POST, "start") => {
-                    let running = s.instances().iter().filter(|i| i.usable()).count();
-                    if running >= s.spec.max_instances as usize {
-                        return error(
-                            StatusCode::CONFLICT,
-                            format!(
-                                "service \"{name}\" already runs {running} of max_instances = {}",
-                                s.spec.max_instances
-                            ),
-                        );
-                    }
-                    match s.start(false) {
-                        Ok(i) => {
-                            let ready = i.ready(s.spec.ready_timeout).await;
-                            match ready {
-                                Ok(()) => json_reply(StatusCode::OK, instance_json(&i)),
-                                Err(e) => error(StatusCode::BAD_GATEWAY, e),
-                            }
-                        }
-                        Err(NoStart::Busy) => error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!(
-                                "{} instances are starting, [daemon] max_starting = {}; try again",
-                                d.usage.starting(),
-                                d.limits().max_starting
-                            ),
-                        ),
-                        Err(NoStart::Refused(_, e)) => error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("new instance refused: {e}"),
-                        ),
-                    }
-                }
-                _ => error(
-                    StatusCode::NOT_FOUND,
-                    format!("no such action: {method} {path}"),
+            let running = s.instances().iter().filter(|i| i.usable()).count();
+            if running >= s.spec.max_instances as usize {
+                return error(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "service \"{name}\" already runs {running} of max_instances = {}",
+                        s.spec.max_instances
+                    ),
+                );
+            }
+            match s.start(false) {
+                Ok(i) => match i.ready(s.spec.ready_timeout).await {
+                    Ok(()) => json_reply(StatusCode::OK, instance_json(&i)),
+                    Err(e) => error(StatusCode::BAD_GATEWAY, e),
+                },
+                Err(NoStart::Busy) => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "{} instances are starting, [daemon] max_starting = {}; try again",
+                        d.usage.starting(),
+                        d.limits().max_starting
+                    ),
+                ),
+                Err(NoStart::Refused(_, e)) => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("new instance refused: {e}"),
                 ),
             }
         }
-        (&Method::POST, ["v1", "reload"]) => match d.reload().await {
+        Route::Reload => match d.reload().await {
             Ok(msg) => json_reply(StatusCode::OK, json!({ "reloaded": msg })),
             Err(e) => error(
                 StatusCode::BAD_REQUEST,
                 format!("{e} (the running configuration stays)"),
             ),
         },
-        (&Method::POST, ["v1", "shutdown"]) => {
-            quit.notify_one();
+        Route::Shutdown => {
+            api.quit.notify_one();
             json_reply(StatusCode::OK, json!({ "shutting_down": true }))
         }
-        _ => error(
-            StatusCode::NOT_FOUND,
-            format!("no such endpoint: {} {path}", req.method()),
-        ),
     }
-}
-
-/// A bound API listener.
-pub enum Listener {
-    /// On a UNIX socket.
-    Unix(tokio::net::UnixListener),
-    /// On TCP.
-    Tcp(tokio::net::TcpListener),
-}
-
-/// Binds the API address (before any service port, so that a second kilnd
-/// fails before it takes anything).
-pub async fn bind(addr: &ApiAddr) -> std::io::Result<Listener> {
-    Ok(match addr {
-        ApiAddr::Unix(path) => Listener::Unix(bind_unix(path)?),
-        ApiAddr::Tcp(a) => Listener::Tcp(tokio::net::TcpListener::bind(a).await?),
-    })
 }
 
 /// Serves the API until the task is dropped. A failed accept (EMFILE
 /// when kilnd is at its descriptor limit) is said once and retried after
 /// a short pause: the API never stops listening.
-pub async fn serve(l: Listener, d: Arc<Daemon>, quit: Arc<Notify>) {
+pub async fn serve(l: Listener, api: Arc<Api>) -> std::io::Result<()> {
+    enum Bound {
+        Unix(tokio::net::UnixListener),
+        Tcp(tokio::net::TcpListener),
+    }
+    let l = match l {
+        Listener::Unix(l) => {
+            l.set_nonblocking(true)?;
+            Bound::Unix(tokio::net::UnixListener::from_std(l)?)
+        }
+        Listener::Tcp(l) => {
+            l.set_nonblocking(true)?;
+            Bound::Tcp(tokio::net::TcpListener::from_std(l)?)
+        }
+    };
+    let d = &api.daemon;
     let mut failing = 0u64;
     loop {
         let accepted = match &l {
-            Listener::Unix(l) => l
-                .accept()
-                .await
-                .map(|(s, _)| spawn_conn(s, d.clone(), quit.clone())),
-            Listener::Tcp(l) => l
-                .accept()
-                .await
-                .map(|(s, _)| spawn_conn(s, d.clone(), quit.clone())),
+            Bound::Unix(l) => l.accept().await.map(|(s, _)| {
+                tokio::spawn(serve_conn(s, api.clone(), None));
+            }),
+            Bound::Tcp(l) => l.accept().await.map(|(s, _)| {
+                let local = s.local_addr().ok();
+                tokio::spawn(serve_conn(s, api.clone(), local));
+            }),
         };
         match accepted {
             Ok(()) if failing > 0 => {
@@ -376,47 +355,30 @@ pub async fn serve(l: Listener, d: Arc<Daemon>, quit: Arc<Notify>) {
     }
 }
 
-fn spawn_conn<S>(s: S, d: Arc<Daemon>, quit: Arc<Notify>)
+/// Serves one connection (HTTP/1.1, keep-alive) with kilnd's limits:
+/// [`HEADER_TIMEOUT`], [`HEADER_MAX`], [`HEADERS_MAX`]. `local`: the
+/// address a TCP connection reached (None on the UNIX socket), which
+/// decides whether the [`Policy`] asks for the token.
+pub async fn serve_conn<S>(s: S, api: Arc<Api>, local: Option<SocketAddr>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let counted = d.usage.api_connection();
-    tokio::spawn(async move {
-        let _counted = counted;
-        let svc = hyper::service::service_fn(move |req| {
-            let d = d.clone();
-            let quit = quit.clone();
-            async move { Ok::<_, Infallible>(handle(d, quit, req).await) }
-        });
-        let _ = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-            .await;
+    // Counted among kilnd's descriptors while it is open.
+    let _counted = api.daemon.usage.api_connection();
+    let policy = Arc::new(Policy {
+        token: local.and(api.token.clone()),
+        local,
     });
-}
-
-/// Binds a UNIX socket at `path`, replacing a stale socket file but never
-/// a live daemon's.
-pub fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket", path.display()),
-            ));
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!("another kilnd is serving its API on {}", path.display()),
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let l = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let api = api.clone();
+        let policy = policy.clone();
+        async move { Ok::<_, Infallible>(handle(&api, &policy, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_header_size(HEADER_MAX)
+        .max_headers(HEADERS_MAX)
+        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+        .await;
 }

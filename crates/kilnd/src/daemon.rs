@@ -6,7 +6,7 @@
 use crate::capacity::{ConnRefusal, Host, InstanceRefusal, Limits, NoStart, Usage};
 use crate::config::{self, Config, ServiceSpec};
 use crate::instance::{self, Exit, Hooks, Instance, Phase};
-use crate::logs::{unix_ms, LogRing, Source};
+use crate::logs::{unix_ms, LogRing, LogStore, Source};
 use crate::metrics::ServiceMetrics;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -708,6 +708,8 @@ pub struct Daemon {
     /// What kilnd holds now.
     pub usage: Arc<Usage>,
     limits: Mutex<Limits>,
+    /// The logs of all services, under one budget.
+    logs: Arc<LogStore>,
     services: Mutex<BTreeMap<String, Arc<Service>>>,
     reload_lock: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
@@ -731,6 +733,7 @@ impl Daemon {
             usage,
             limits: Mutex::new(limits),
             started: Instant::now(),
+            logs: LogStore::standard(),
             services: Mutex::new(BTreeMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
@@ -850,7 +853,7 @@ impl Daemon {
         self.usage.listener(true);
         let svc = Arc::new(Service {
             spec,
-            logs: Arc::new(LogRing::default()),
+            logs: Arc::new(self.logs.ring()),
             metrics: Arc::new(ServiceMetrics::default()),
             bound,
             listener: listener.clone(),

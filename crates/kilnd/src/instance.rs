@@ -10,12 +10,13 @@
 
 use crate::capacity::StartSlot;
 use crate::config::ServiceSpec;
-use crate::logs::{unix_ms, LineSplitter, LogRing, Source};
+use crate::logs::{unix_ms, LineSplitter, LogRing, Piece, Source};
 use crate::metrics::ServiceMetrics;
 use crate::reaper;
 use kiln_peer::{LinkConfig, PeerHandle};
+use kilnd_api::term::escape_controls;
 use serde::Serialize;
-use std::io;
+use std::io::{self, IsTerminal};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt as _;
@@ -510,16 +511,27 @@ async fn copy_lines(
 ) {
     let mut split = LineSplitter::default();
     let mut buf = vec![0u8; 4096];
-    let mut emit = |line: &str| {
+    // Guest text on a terminal is shown, not obeyed.
+    let escape = verbose && std::io::stderr().is_terminal();
+    let mut emit = |piece: Piece<'_>| {
         if verbose {
-            eprintln!("{service}#{id}: {line}");
+            let text = piece.text();
+            if escape {
+                eprintln!("{service}#{id}: {}", escape_controls(&text));
+            } else {
+                eprintln!("{service}#{id}: {text}");
+            }
         }
-        let source = if line.starts_with(TENDER_PREFIX) {
-            Source::Tender
-        } else {
-            Source::Console
+        // One pipe carries both the console and the tender's own lines;
+        // the tender's start with its prefix (a guest that prints one only
+        // mislabels its own output: kilnd's lines come from the wait status).
+        let source = match &piece {
+            Piece::Line(b) | Piece::Cut(b) if b.starts_with(TENDER_PREFIX.as_bytes()) => {
+                Source::Tender
+            }
+            _ => Source::Console,
         };
-        logs.push(id, source, line);
+        logs.push_piece(id, source, piece);
     };
     loop {
         match stream.read(&mut buf).await {

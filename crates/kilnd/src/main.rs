@@ -63,7 +63,9 @@ struct Args {
     #[arg(long, short = 'c', value_name = "FILE")]
     config: PathBuf,
     /// Where the API listens: unix:PATH or ADDR:PORT [default: $KILN_API, else
-    /// unix:$XDG_RUNTIME_DIR/kilnd.sock, else unix:/tmp/kilnd-UID.sock].
+    /// unix:$XDG_RUNTIME_DIR/kilnd/kilnd.sock, else unix:/tmp/kilnd-UID/kilnd.sock].
+    /// On TCP every request needs the token kilnd writes next to that
+    /// default socket (api-PORT.token); kiln reads it by itself.
     #[arg(long, value_name = "ADDR")]
     api: Option<ApiAddr>,
     /// The kiln binary that runs instances [default: the one next to kilnd,
@@ -180,6 +182,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let api = args.api.unwrap_or_else(api::default_addr);
+    // Before the runtime starts its threads: the UNIX socket is bound
+    // under a umask set for that moment, and the umask is per process.
+    let bound = match api::bind(&api) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("kilnd: API {api}: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -187,22 +199,23 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kilnd: cannot start the runtime: {e}");
+            bound.files.remove();
             return ExitCode::FAILURE;
         }
     };
-    let api = args.api.unwrap_or_else(api::default_addr);
     let verbosity = match (args.quiet, args.verbose) {
         (true, _) => Verbosity::Quiet,
         (_, true) => Verbosity::Output,
         _ => Verbosity::Events,
     };
-    rt.block_on(run(cfg, kiln, api, verbosity))
+    rt.block_on(run(cfg, kiln, api, bound, verbosity))
 }
 
 async fn run(
     cfg: config::Config,
     kiln: PathBuf,
     api_addr: ApiAddr,
+    bound: api::Bound,
     verbosity: Verbosity,
 ) -> ExitCode {
     let config_path = cfg.path.clone();
@@ -218,23 +231,24 @@ async fn run(
             return ExitCode::FAILURE;
         }
     };
-    let listener = match api::bind(&api_addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("kilnd: API {api_addr}: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let files = bound.files;
     // What is open now (runtime, signals, the API listener) is the base
     // of kilnd's descriptor count.
     daemon.usage.recount();
     if let Err(e) = daemon.apply(cfg).await {
         eprintln!("kilnd: {e}");
-        cleanup(&api_addr);
+        files.remove();
         return ExitCode::from(2);
     }
     let quit = Arc::new(Notify::new());
-    let api_task = tokio::spawn(api::serve(listener, daemon.clone(), quit.clone()));
+    let api_task = tokio::spawn(api::serve(
+        bound.listener,
+        Arc::new(api::Api {
+            daemon: daemon.clone(),
+            quit: quit.clone(),
+            token: bound.token,
+        }),
+    ));
     for s in daemon.services() {
         eprintln!(
             "kilnd: {}: {} -> port {} of {} ({}, {} MiB, idle {} ms, up to {}{}, {} connections)",
@@ -250,8 +264,12 @@ async fn run(
             daemon.limits().service_connections(&s.spec)
         );
     }
+    let token = match &files.token_file {
+        Some(f) => format!(" (token in {})", f.display()),
+        None => String::new(),
+    };
     eprintln!(
-        "kilnd: ready; API on {api_addr}; pid {}; {} of {} descriptors in use",
+        "kilnd: ready; API on {api_addr}{token}; pid {}; {} of {} descriptors in use",
         std::process::id(),
         daemon.usage.fds(),
         daemon.usage.limit()
@@ -270,13 +288,7 @@ async fn run(
     eprintln!("kilnd: stopping every instance");
     api_task.abort();
     daemon.shutdown().await;
-    cleanup(&api_addr);
+    files.remove();
     eprintln!("kilnd: stopped");
     ExitCode::SUCCESS
-}
-
-fn cleanup(api: &ApiAddr) {
-    if let ApiAddr::Unix(p) = api {
-        let _ = std::fs::remove_file(p);
-    }
 }

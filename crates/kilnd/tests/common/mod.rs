@@ -1,6 +1,6 @@
 //! A real kilnd with real images, driven over its API and real TCP.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -63,6 +63,80 @@ pub fn probe_service(name: &str, tender: &str, extra: &str) -> String {
     )
 }
 
+/// How [`Kilnd::launch`] starts kilnd.
+#[derive(Default)]
+pub struct Opts {
+    /// `--api` [default: unix:DIR/api.sock, which [`Kilnd::call`] uses;
+    /// an empty string: no `--api`, kilnd's default address].
+    pub api: Option<String>,
+    /// Without `--verbose` (instances' output is not echoed).
+    pub quiet: bool,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// kilnd's standard error is a terminal (a pseudo-terminal this test
+    /// reads) rather than a pipe.
+    pub tty: bool,
+}
+
+/// A pseudo-terminal: (master, slave).
+pub fn openpty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two descriptors into the integers given; the
+    // name, termios and winsize pointers may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty succeeded: both descriptors are open and ours alone.
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(master),
+            std::os::fd::OwnedFd::from_raw_fd(slave),
+        )
+    }
+}
+
+/// Runs `cmd` with its standard output on a terminal; returns its exit
+/// status and everything it wrote there (then its standard error).
+pub fn output_on_tty(cmd: &mut Command) -> (std::process::ExitStatus, Vec<u8>) {
+    let (master, slave) = openpty();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(slave))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn on a terminal");
+    // The child holds the only slave descriptor once `cmd` lets go of
+    // ours, so reading the master ends (EIO) when the child exits.
+    cmd.stdout(Stdio::null());
+    let mut out = Vec::new();
+    let mut m = std::fs::File::from(master);
+    let mut buf = [0u8; 4096];
+    loop {
+        match m.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let st = child.wait().unwrap();
+    out.extend_from_slice(err.as_bytes());
+    (st, out)
+}
+
 /// A running kilnd.
 pub struct Kilnd {
     pub child: Child,
@@ -84,7 +158,7 @@ impl Kilnd {
 
     /// Starts kilnd on an existing file.
     pub fn start_in(dir: PathBuf, config: PathBuf) -> Kilnd {
-        Self::start_with(dir, config, |_| {})
+        Self::launch(dir, config, &Opts::default())
     }
 
     /// Starts kilnd on `config` text in a fresh directory with a
@@ -119,29 +193,66 @@ impl Kilnd {
         config: PathBuf,
         customize: impl FnOnce(&mut Command),
     ) -> Kilnd {
+        Self::launch_with(dir, config, &Opts::default(), customize)
+    }
+
+    /// Starts kilnd on an existing file with `opts`.
+    pub fn launch(dir: PathBuf, config: PathBuf, opts: &Opts) -> Kilnd {
+        Self::launch_with(dir, config, opts, |_| {})
+    }
+
+    /// [`Kilnd::launch`], with `customize` changing the command before it
+    /// is spawned.
+    pub fn launch_with(
+        dir: PathBuf,
+        config: PathBuf,
+        opts: &Opts,
+        customize: impl FnOnce(&mut Command),
+    ) -> Kilnd {
         let api = dir.join("api.sock");
         let mut cmd = Command::new(kilnd_bin());
         customize(&mut cmd);
+        cmd.arg("--config").arg(&config);
+        match &opts.api {
+            Some(a) if a.is_empty() => {}
+            Some(a) => {
+                cmd.arg("--api").arg(a);
+            }
+            None => {
+                cmd.arg("--api").arg(format!("unix:{}", api.display()));
+            }
+        }
+        cmd.arg("--kiln").arg(kiln_bin());
+        if !opts.quiet {
+            cmd.arg("--verbose");
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let tty = opts.tty.then(openpty);
         let mut child = cmd
-            .arg("--config")
-            .arg(&config)
-            .arg("--api")
-            .arg(format!("unix:{}", api.display()))
-            .arg("--kiln")
-            .arg(kiln_bin())
-            .arg("--verbose")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(match &tty {
+                Some((_, slave)) => Stdio::from(slave.try_clone().unwrap()),
+                None => Stdio::piped(),
+            })
             .spawn()
             .expect("spawn kilnd");
+        drop(cmd);
         let stderr = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         {
-            let err = child.stderr.take().unwrap();
+            let err: Box<dyn Read + Send> = match tty {
+                // Our slave descriptor goes; kilnd's keeps the terminal open.
+                Some((master, _slave)) => Box::new(std::fs::File::from(master)),
+                None => Box::new(child.stderr.take().unwrap()),
+            };
             let log = stderr.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    // A terminal ends lines with \r\n.
+                    let line = line.trim_end_matches('\r').to_string();
                     if line.starts_with("kilnd: ready") {
                         let _ = tx.send(());
                     }
