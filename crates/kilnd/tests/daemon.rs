@@ -443,16 +443,14 @@ fn a_reload_lets_replaced_instances_finish_their_connections() {
         .unwrap_or_else(|| panic!("the new connection got no answer:\n{}", k.log()));
     assert_ne!(new.boot, old.boot);
     // ...while the open one is still served by the old instance.
-    let again = held
-        .request("/", b"still here")
-        .unwrap_or_else(|| {
-            panic!(
-                "the held connection got no answer:\n{}\n{}\n{}",
-                k.log(),
-                k.call("GET", "/v1/services").1,
-                k.call("GET", "/metrics").1
-            )
-        });
+    let again = held.request("/", b"still here").unwrap_or_else(|| {
+        panic!(
+            "the held connection got no answer:\n{}\n{}\n{}",
+            k.log(),
+            k.call("GET", "/v1/services").1,
+            k.call("GET", "/metrics").1
+        )
+    });
     assert_eq!(
         (again.boot, again.body.as_slice()),
         (old.boot, &b"still here"[..])
