@@ -310,14 +310,16 @@ impl Service {
     /// Closes a connection kilnd will not serve (with a reset, so that its
     /// client sees at once that it was not served), and records why.
     fn refuse_connection(&self, client: TcpStream, why: ConnRefusal, detail: String) {
-        let _ = client.set_zero_linger();
-        drop(client);
+        // On record before the client can see the reset: whoever the
+        // client tells finds it counted.
         self.metrics.refused[why.index()].fetch_add(1, Relaxed);
         self.refusal(
             "connection",
             why.label(),
             format!("connection refused: {detail}"),
         );
+        let _ = client.set_zero_linger();
+        drop(client);
     }
 
     fn refusal(&self, what: &'static str, reason: &'static str, message: String) {

@@ -130,7 +130,15 @@ fn a_silent_client_held_while_its_instance_boots_is_closed() {
         "{v:#}"
     );
     // The instance it started comes up and serves the next client.
-    let a = Client::connect(k.addr("slow")).request("/", b"x").unwrap();
+    let a = Client::connect(k.addr("slow"))
+        .request("/", b"x")
+        .unwrap_or_else(|| {
+            panic!(
+                "the next client got no answer:\n{}\n{:#}",
+                k.log(),
+                k.service("slow")
+            )
+        });
     assert_eq!(a.body, b"x");
     assert_eq!(k.service("slow")["starts"], 1);
 }
