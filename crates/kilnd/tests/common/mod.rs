@@ -407,7 +407,15 @@ impl Client {
         while !head.ends_with(b"\r\n\r\n") {
             match self.s.read(&mut byte) {
                 Ok(1) => head.push(byte[0]),
-                _ => return None,
+                // Said on the test's output, which is shown when it fails.
+                other => {
+                    eprintln!(
+                        "client {:?}: no answer after {} bytes of head: {other:?}",
+                        self.s.local_addr(),
+                        head.len()
+                    );
+                    return None;
+                }
             }
         }
         let head = String::from_utf8_lossy(&head).into_owned();
