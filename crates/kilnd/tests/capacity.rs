@@ -299,11 +299,15 @@ fn accept_loops_survive_emfile() {
     let (st, body) = k.call("GET", "/v1/status");
     assert_eq!(st, 200, "{body}");
     wait_log("API: accepting again");
-    wait_log("svc: accepting again");
     let a = Client::connect(svc)
         .request("/", b"after")
         .unwrap_or_else(|| panic!("no answer once descriptors were back:\n{}", k.log()));
     assert_eq!(a.body, b"after");
+    // Said at the first accept that works again. (Not earlier: with a
+    // descriptor short, Linux fails accept4 with EMFILE even when no
+    // connection waits, so the loop may fail on an empty backlog and
+    // find out it can accept only when the next client comes.)
+    wait_log("svc: accepting again");
     // Said once per episode, not once per failed accept.
     let failed = k.metric("kilnd_accept_errors_total{service=\"svc\"}") as usize;
     let said = k.log().matches("svc: accept failed").count();
