@@ -192,10 +192,14 @@ fn read_response(stream: &mut TcpStream) -> std::io::Result<Response> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        match stream.read(&mut byte) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => head.push(byte[0]),
+            // A socket read with a timeout is not restarted after the
+            // process is stopped and resumed (or frozen and thawed).
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head).into_owned();
     let status = head

@@ -17,13 +17,17 @@ use std::time::Duration;
 fn closed_unanswered(mut s: &TcpStream) -> bool {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut buf = [0u8; 64];
-    match s.read(&mut buf) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => matches!(
-            e.kind(),
-            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
-        ),
+    loop {
+        return match s.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            // Not restarted after a stop or a freeze (signal(7)).
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+            ),
+        };
     }
 }
 

@@ -121,6 +121,7 @@ pub fn output_on_tty(cmd: &mut Command) -> (std::process::ExitStatus, Vec<u8>) {
     let mut buf = [0u8; 4096];
     loop {
         match m.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Ok(0) | Err(_) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
         }
@@ -407,6 +408,10 @@ impl Client {
         while !head.ends_with(b"\r\n\r\n") {
             match self.s.read(&mut byte) {
                 Ok(1) => head.push(byte[0]),
+                // A socket read with a timeout is not restarted after the
+                // process is stopped and resumed, or frozen and thawed
+                // (signal(7)): seen here as a spurious EINTR.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 // Said on the test's output, which is shown when it fails.
                 other => {
                     eprintln!(
