@@ -355,18 +355,11 @@ impl Usage {
         ApiConn(self.clone())
     }
 
-    /// Admits a client connection of a service that holds `open` of its
-    /// `service_max`; the connection is counted until it is handed to an
-    /// instance's link ([`Usage::spliced`] then follows it) or dropped.
-    pub fn admit_connection(
-        self: &Arc<Self>,
-        limits: &Limits,
-        open: usize,
-        service_max: usize,
-    ) -> Result<(), ConnRefusal> {
-        if open >= service_max {
-            return Err(ConnRefusal::ServiceConnections);
-        }
+    /// Admits a client connection as far as the daemon is concerned (its
+    /// service has taken one of its own places already); the connection is
+    /// counted until it is handed to an instance's link ([`Usage::spliced`]
+    /// then follows it) or dropped.
+    pub fn admit_connection(self: &Arc<Self>, limits: &Limits) -> Result<(), ConnRefusal> {
         if self.fds() + 1 + CONNECTION_RESERVE > self.limit {
             return Err(ConnRefusal::Descriptors);
         }

@@ -137,19 +137,44 @@ impl Drop for Pending {
 struct Holding<'a> {
     svc: &'a Service,
     held: bool,
+    /// Counted in kilnd's [`Usage`] too.
+    counted: bool,
 }
 
 impl<'a> Holding<'a> {
+    /// A connection already admitted (and counted in [`Usage`]).
     fn new(svc: &'a Service) -> Self {
         svc.held.fetch_add(1, Relaxed);
-        Holding { svc, held: true }
+        Holding {
+            svc,
+            held: true,
+            counted: true,
+        }
+    }
+
+    /// Takes one of the service's `max` places for a new connection, or
+    /// `None` when all are taken. Atomic: every accepted connection is
+    /// served by its own task, and many race here.
+    fn reserve(svc: &'a Service, max: usize) -> Option<Self> {
+        svc.held
+            .fetch_update(Relaxed, Relaxed, |held| {
+                (held + svc.spliced.load(Relaxed) < max).then_some(held + 1)
+            })
+            .ok()?;
+        Some(Holding {
+            svc,
+            held: true,
+            counted: false,
+        })
     }
 
     /// The link counts it from now on.
     fn handed_over(&mut self) {
         if std::mem::take(&mut self.held) {
             self.svc.held.fetch_sub(1, Relaxed);
-            self.svc.usage.connection_closed();
+            if std::mem::take(&mut self.counted) {
+                self.svc.usage.connection_closed();
+            }
         }
     }
 }
@@ -473,12 +498,18 @@ impl Service {
         };
         let limits = daemon.limits();
         let service_max = limits.service_connections(&self.spec);
-        let open = self.open_connections();
-        if let Err(why) = daemon.usage.admit_connection(&limits, open, service_max) {
+        let Some(mut holding) = Holding::reserve(&self, service_max) else {
+            let open = self.open_connections();
+            self.refuse_connection(
+                client,
+                ConnRefusal::ServiceConnections,
+                format!("{open} connections open, max_connections = {service_max}"),
+            );
+            return;
+        };
+        if let Err(why) = daemon.usage.admit_connection(&limits) {
+            drop(holding);
             let detail = match why {
-                ConnRefusal::ServiceConnections => {
-                    format!("{open} connections open, max_connections = {service_max}")
-                }
                 ConnRefusal::DaemonConnections => format!(
                     "kilnd holds {} connections, [daemon] max_connections = {}",
                     daemon.usage.connections(),
@@ -494,7 +525,7 @@ impl Service {
             return;
         }
         drop(daemon);
-        let mut holding = Holding::new(&self);
+        holding.counted = true;
         self.metrics.connections.fetch_add(1, Relaxed);
         let _ = client.set_nodelay(true);
         let mut client = client;

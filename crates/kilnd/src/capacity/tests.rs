@@ -167,14 +167,11 @@ fn connections_leave_room_for_instances_and_the_api() {
     let u = usage(100);
     let l = limits(1000, 64);
     let mut admitted = 0;
-    while u.admit_connection(&l, 0, usize::MAX).is_ok() {
+    while u.admit_connection(&l).is_ok() {
         admitted += 1;
     }
     assert_eq!(admitted, 100 - 10 - CONNECTION_RESERVE);
-    assert_eq!(
-        u.admit_connection(&l, 0, usize::MAX),
-        Err(ConnRefusal::Descriptors)
-    );
+    assert_eq!(u.admit_connection(&l), Err(ConnRefusal::Descriptors));
     // Connections at their limit still leave room to start instances.
     let slot = u.admit_instance(&l).expect("an instance still starts");
     assert_eq!(u.starting(), 1);
@@ -188,19 +185,12 @@ fn connections_leave_room_for_instances_and_the_api() {
 fn connection_caps_are_exact() {
     let u = usage(1 << 20);
     let l = limits(3, 64);
-    assert_eq!(
-        u.admit_connection(&l, 5, 5),
-        Err(ConnRefusal::ServiceConnections)
-    );
     for _ in 0..3 {
-        u.admit_connection(&l, 0, 10).unwrap();
+        u.admit_connection(&l).unwrap();
     }
-    assert_eq!(
-        u.admit_connection(&l, 0, 10),
-        Err(ConnRefusal::DaemonConnections)
-    );
+    assert_eq!(u.admit_connection(&l), Err(ConnRefusal::DaemonConnections));
     u.connection_closed();
-    assert!(u.admit_connection(&l, 0, 10).is_ok());
+    assert!(u.admit_connection(&l).is_ok());
     // Spliced connections count too.
     u.spliced(0, 2);
     assert_eq!(u.connections(), 5);
