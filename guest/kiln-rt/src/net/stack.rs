@@ -509,12 +509,26 @@ impl Stack {
         drop(listener.waker);
     }
 
-    /// Moves listener `id`'s sockets that left LISTEN to its pending queue
-    /// and tops up its backlog of listening sockets.
+    /// Moves listener `id`'s sockets that left LISTEN to its pending queue,
+    /// those that went back to LISTEN to its backlog, and tops the backlog
+    /// up.
     fn refill(&mut self, id: u64, now: u64) {
         let Some(mut listener) = self.checkout(id) else {
             return;
         };
+        // smoltcp puts a socket reset during its handshake back into LISTEN
+        // (RFC 9293 3.10.7.4): it is a listening socket again, not a
+        // connection to hand out.
+        let mut i = 0;
+        while i < listener.pending.len() {
+            let (handle, _) = listener.pending[i];
+            if self.tcp(handle).state() == tcp::State::Listen {
+                listener.pending.remove(i);
+                listener.listening.push(handle);
+            } else {
+                i += 1;
+            }
+        }
         let mut i = 0;
         while i < listener.listening.len() {
             let handle = listener.listening[i];
@@ -610,7 +624,8 @@ impl Stack {
         while i < listener.pending.len() {
             let (handle, _) = listener.pending[i];
             match self.tcp(handle).state() {
-                tcp::State::SynReceived => i += 1,
+                // Back in LISTEN: the refill below returns it to the backlog.
+                tcp::State::SynReceived | tcp::State::Listen => i += 1,
                 tcp::State::Closed => {
                     listener.pending.remove(i);
                     self.remove_tcp(handle);
@@ -647,10 +662,12 @@ impl Stack {
             if listener.waker.is_none() {
                 continue;
             }
-            let ready = listener
-                .pending
-                .iter()
-                .any(|&(h, _)| sockets.get::<tcp::Socket>(h).state() != tcp::State::SynReceived);
+            let ready = listener.pending.iter().any(|&(h, _)| {
+                !matches!(
+                    sockets.get::<tcp::Socket>(h).state(),
+                    tcp::State::SynReceived | tcp::State::Listen
+                )
+            });
             if ready {
                 if let Some(waker) = listener.waker.take() {
                     waker.wake();

@@ -733,6 +733,71 @@ fn a_syn_flood_cannot_lock_out_real_clients() {
     });
 }
 
+/// A peer that resets a connection while the listener is still in its
+/// handshake (passt does this when its own client resets at once): smoltcp
+/// puts that socket back into LISTEN. It must not be handed out by
+/// `accept` nor keep a later connection from being served.
+#[test]
+fn connections_reset_during_their_handshake_leave_the_listener_whole() {
+    let _g = serial();
+    crate::executor::reset();
+    stack::reset();
+    let to_kiln: Queue = Rc::default();
+    let to_peer: Queue = Rc::default();
+    init_with_driver(Box::new(WireDriver {
+        rx: to_kiln.clone(),
+        tx: to_peer.clone(),
+    }))
+    .unwrap();
+    stack::with(|s| {
+        s.iface.update_ip_addrs(|a| {
+            let _ = a.push(smoltcp::wire::IpCidr::new(
+                Ipv4Addr::new(10, 0, 0, 2).into(),
+                24,
+            ));
+        });
+    })
+    .unwrap();
+    let mut peer = Peer::new(to_peer, to_kiln);
+    block_on(async move {
+        let listener = TcpListener::bind(80).unwrap();
+        let accepted = Rc::new(RefCell::new(Vec::new()));
+        let seen = accepted.clone();
+        spawn(async move {
+            loop {
+                let stream = listener.accept().await;
+                seen.borrow_mut().push(stream.peer_addr());
+                spawn(echo(stream));
+            }
+        });
+        assert_eq!(peer.echo_round_trip(30000, b"before").await, b"before");
+        for round in 0..8u16 {
+            // SYN and RST reach the stack in the same turn.
+            for i in 0..8 {
+                let h = peer.connect(31000 + round * 8 + i);
+                peer.poll();
+                peer.sockets
+                    .get_mut::<smoltcp::socket::tcp::Socket>(h)
+                    .abort();
+                peer.poll();
+                peer.sockets.remove(h);
+            }
+            sleep(Duration::from_millis(2)).await;
+            let port = 40000 + round;
+            let msg = format!("after round {round}");
+            assert_eq!(
+                peer.echo_round_trip(port, msg.as_bytes()).await,
+                msg.as_bytes(),
+                "round {round}: the next connection was not served"
+            );
+        }
+        // Every stream `accept` gave out was a real connection.
+        for addr in accepted.borrow().iter() {
+            assert_ne!(addr.port(), 0, "accept handed out a listening socket");
+        }
+    });
+}
+
 /// A loopback driver that keeps a copy of every frame sent.
 struct RecordingLoopback {
     queue: VecDeque<Vec<u8>>,
