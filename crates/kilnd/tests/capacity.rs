@@ -408,19 +408,7 @@ fn inherited_descriptors_do_not_reach_tenders() {
 fn check_refuses_what_the_host_cannot_hold_and_warns_with_numbers() {
     let dir = scratch("check");
     let path = dir.join("services.toml");
-    let run = |text: &str| {
-        std::fs::write(&path, text).unwrap();
-        let out = Command::new(kilnd_bin())
-            .arg("--check")
-            .arg("--config")
-            .arg(&path)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |text: &str| check(&path, text);
     // The file.
     let (code, err) = run(
         &probe_service("big", "spt", "concurrency = 1\nmax_instances = 100000")

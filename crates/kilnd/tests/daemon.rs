@@ -244,16 +244,8 @@ fn bad_configurations_are_rejected_with_line_and_reason() {
         (&good.replace("memory", "memroy"), 7, "memroy"),
     ];
     for (text, line, needle) in cases {
-        let path = dir.join("services.toml");
-        std::fs::write(&path, text).unwrap();
-        let out = Command::new(kilnd_bin())
-            .arg("--check")
-            .arg("--config")
-            .arg(&path)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
+        let (code, err) = check(&dir.join("services.toml"), text);
+        assert_eq!(code, Some(2), "{err}");
         assert!(err.contains(&format!("services.toml:{line}:")), "{err}");
         assert!(err.contains(needle), "{err}");
     }

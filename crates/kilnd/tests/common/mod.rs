@@ -138,6 +138,22 @@ pub fn output_on_tty(cmd: &mut Command) -> (std::process::ExitStatus, Vec<u8>) {
     (st, out)
 }
 
+/// `kilnd --check` of `text`, written to `path`: its exit code and
+/// standard error.
+pub fn check(path: &std::path::Path, text: &str) -> (Option<i32>, String) {
+    std::fs::write(path, text).unwrap();
+    let out = Command::new(kilnd_bin())
+        .arg("--check")
+        .arg("--config")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A running kilnd.
 pub struct Kilnd {
     pub child: Child,

@@ -672,9 +672,9 @@ impl Peer {
     }
 }
 
-#[test]
-fn a_syn_flood_cannot_lock_out_real_clients() {
-    let _g = serial();
+/// A fresh stack at 10.0.0.2/24 on a wire whose other end is the
+/// returned peer (callers hold `serial()`).
+fn wired_peer() -> Peer {
     crate::executor::reset();
     stack::reset();
     let to_kiln: Queue = Rc::default();
@@ -693,8 +693,14 @@ fn a_syn_flood_cannot_lock_out_real_clients() {
         });
     })
     .unwrap();
+    Peer::new(to_peer, to_kiln)
+}
+
+#[test]
+fn a_syn_flood_cannot_lock_out_real_clients() {
+    let _g = serial();
+    let mut peer = wired_peer();
     let max = stack::with(|s| s.limits.max_tcp).unwrap();
-    let mut peer = Peer::new(to_peer, to_kiln);
     block_on(async move {
         let listener = TcpListener::bind(80).unwrap();
         spawn(async move {
@@ -740,25 +746,7 @@ fn a_syn_flood_cannot_lock_out_real_clients() {
 #[test]
 fn connections_reset_during_their_handshake_leave_the_listener_whole() {
     let _g = serial();
-    crate::executor::reset();
-    stack::reset();
-    let to_kiln: Queue = Rc::default();
-    let to_peer: Queue = Rc::default();
-    init_with_driver(Box::new(WireDriver {
-        rx: to_kiln.clone(),
-        tx: to_peer.clone(),
-    }))
-    .unwrap();
-    stack::with(|s| {
-        s.iface.update_ip_addrs(|a| {
-            let _ = a.push(smoltcp::wire::IpCidr::new(
-                Ipv4Addr::new(10, 0, 0, 2).into(),
-                24,
-            ));
-        });
-    })
-    .unwrap();
-    let mut peer = Peer::new(to_peer, to_kiln);
+    let mut peer = wired_peer();
     block_on(async move {
         let listener = TcpListener::bind(80).unwrap();
         let accepted = Rc::new(RefCell::new(Vec::new()));
